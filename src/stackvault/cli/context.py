@@ -1,0 +1,153 @@
+"""What every command needs: global options, password lookup, opening the repository, output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from stackvault.errors import UsageError
+from stackvault.progress import Progress as ProgressFn
+from stackvault.progress import no_progress
+from stackvault.repo.crypto import KdfParams
+from stackvault.repo.repository import Repository
+from stackvault.storage import open_storage
+
+
+@dataclass
+class Options:
+    """Global options, from flags or the environment (flags win)."""
+
+    repo: str | None = None
+    password_file: str | None = None
+    password_command: str | None = None
+    insecure_no_password: bool = False
+    json: bool = False
+    quiet: bool = False
+    retry_lock: float = 0.0
+    traceback: bool = False
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+class Ctx:
+    """Per-invocation context handed to every command."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.out = Console(soft_wrap=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    # ------------------------------------------------------------------ repository
+    def repo_url(self, url: str | None = None, env_name: str = "STACKVAULT_REPOSITORY") -> str:
+        url = url or self.opts.env.get(env_name)
+        if not url:
+            raise UsageError("no repository given",
+                             hint=f"pass -r/--repo LOCATION or set {env_name}")
+        return url
+
+    def password(self, *, prefix: str = "STACKVAULT", file: str | None = None,
+                 command: str | None = None, confirm: bool = False,
+                 prompt: str = "repository password") -> str:
+        env = self.opts.env
+        file = file or env.get(f"{prefix}_PASSWORD_FILE")
+        command = command or env.get(f"{prefix}_PASSWORD_COMMAND")
+        if f"{prefix}_PASSWORD" in env:
+            return env[f"{prefix}_PASSWORD"]
+        if file:
+            try:
+                with open(file, encoding="utf-8") as f:
+                    return f.read().rstrip("\r\n")
+            except OSError as exc:
+                raise UsageError(f"cannot read password file {file}: {exc.strerror}") from None
+        if command:
+            proc = subprocess.run(command, shell=True, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise UsageError(f"password command failed with exit code {proc.returncode}",
+                                 hint="check --password-command")
+            return proc.stdout.rstrip("\r\n")
+        if sys.stdin.isatty():
+            pw = getpass.getpass(f"enter {prompt}: ")
+            if confirm and getpass.getpass(f"enter {prompt} again: ") != pw:
+                raise UsageError("the passwords do not match")
+            if not pw:
+                raise UsageError("an empty password is not allowed")
+            return pw
+        raise UsageError(
+            "no password given",
+            hint=f"set {prefix}_PASSWORD, {prefix}_PASSWORD_FILE or {prefix}_PASSWORD_COMMAND",
+        )
+
+    def open_repo(self, url: str | None = None) -> Repository:
+        storage = open_storage(self.repo_url(url))
+        password = None if self.opts.insecure_no_password else self.password(
+            file=self.opts.password_file, command=self.opts.password_command)
+        return Repository.open(storage, password,
+                               insecure_no_password=self.opts.insecure_no_password)
+
+    def kdf_from_env(self) -> KdfParams | None:
+        """STACKVAULT_KDF='n,r,p' overrides the default scrypt cost (tests, slow machines)."""
+        spec = self.opts.env.get("STACKVAULT_KDF")
+        if not spec:
+            return None
+        try:
+            n, r, p = (int(x) for x in spec.split(","))
+        except ValueError:
+            raise UsageError(f"bad STACKVAULT_KDF {spec!r}", hint="use N,R,P e.g. 32768,8,4") from None
+        return KdfParams(n=n, r=r, p=p)
+
+    # ------------------------------------------------------------------ output
+    def emit(self, data: Any) -> None:
+        """Print a command's result as JSON (with --json)."""
+        sys.stdout.write(json.dumps(data, default=str, indent=None) + "\n")
+        sys.stdout.flush()
+
+    def info(self, text: str) -> None:
+        if not self.opts.quiet and not self.opts.json:
+            self.out.print(text)
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]warning:[/yellow] {text}", markup=True)
+
+    @contextmanager
+    def progress(self, label: str) -> Iterator[ProgressFn]:
+        """A progress callback: a bar with rate and ETA on a terminal, nothing otherwise."""
+        if self.opts.quiet or self.opts.json or not self.err.is_terminal:
+            yield no_progress
+            return
+        bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn(), TimeRemainingColumn(), console=self.err,
+                       transient=True)
+        task = bar.add_task(label, total=None)
+
+        def update(event: dict[str, Any]) -> None:
+            if "bytes_done" in event:
+                bar.update(task, completed=event["bytes_done"], total=event.get("bytes_total"))
+            elif "packs_done" in event:
+                bar.update(task, completed=event["packs_done"], total=event.get("packs_total"))
+
+        with bar:
+            yield update
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
