@@ -303,8 +303,11 @@ def test_local_put_out_of_space_leaves_no_temp_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = LocalStorage(tmp_path / "repo", create=True)
+    storage.put("keys/k1", b"key")  # tmp/ exists now: the write itself is what fails
+    fsynced: list[int] = []
 
     def no_space(fd: int) -> None:
+        fsynced.append(fd)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
@@ -312,12 +315,26 @@ def test_local_put_out_of_space_leaves_no_temp_file(
         storage.put("data/ab/ab01", payload(10_000))
     assert exc.value.exit_code == errors.ExitCode.STORAGE_FULL
     monkeypatch.undo()
+    assert len(fsynced) == 1
     assert list((tmp_path / "repo" / "tmp").iterdir()) == []
-    assert names(storage) == set()
+    assert names(storage) == {"keys/k1"}
     with pytest.raises(ObjectNotFound):
         storage.stat("data/ab/ab01")
     storage.put("data/ab/ab01", b"fine now")
     assert storage.get("data/ab/ab01") == b"fine now"
+
+
+def test_local_without_hard_links_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = LocalStorage(tmp_path, create=True)
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(StorageError) as exc:
+        storage.put("config", b"x")
+    assert "hard links" in (exc.value.hint or "")
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_local_temp_files_are_hidden_and_reserved(tmp_path: Path) -> None:
@@ -556,6 +573,44 @@ def test_s3_unreachable_endpoint_gives_storage_unavailable(aws_test_env: None) -
             call()
         assert exc.value.exit_code == errors.ExitCode.STORAGE_UNAVAILABLE
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("SlowDown", 503, TransientStorageError),
+        ("InternalError", 500, TransientStorageError),
+        ("ServiceUnavailable", 503, TransientStorageError),
+        ("Throttling", 400, TransientStorageError),
+        ("RequestTimeout", 400, TransientStorageError),
+        ("TooManyRequests", 429, TransientStorageError),
+        ("XMinioStorageFull", 507, StorageFull),
+        ("NoSuchKey", 404, ObjectNotFound),
+        ("404", 404, ObjectNotFound),
+        ("AccessDenied", 403, StorageError),
+        ("InvalidAccessKeyId", 403, StorageError),
+        ("SignatureDoesNotMatch", 403, StorageError),
+        ("NoSuchBucket", 404, StorageError),
+        ("MalformedXML", 400, StorageError),
+    ],
+)
+def test_s3_error_mapping(aws_test_env: None, code: str, status: int, expected: type) -> None:
+    from botocore.exceptions import ClientError
+
+    from stackvault.storage.s3 import S3Storage
+
+    s3 = S3Storage(f"http://127.0.0.1:{_closed_port()}", "bucket", "p")
+    s3._bucket_ok = True  # no extra head_bucket call to tell a missing bucket apart
+    response = {
+        "Error": {"Code": code, "Message": "m"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    mapped = s3._error(ClientError(response, "GetObject"), "get", "data/x")
+    assert type(mapped) is expected
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        assert "credentials" in (mapped.hint or "")
+    if code == "NoSuchBucket":
+        assert "init" in (mapped.hint or "")
 
 
 def test_s3_hanging_server_times_out_as_transient(aws_test_env: None) -> None:

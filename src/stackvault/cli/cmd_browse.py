@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command("dump")(dump)
 
 
-def snapshot_json(s: Snapshot) -> dict:
+def snapshot_json(s: Snapshot) -> dict[str, Any]:
     return {"id": s.id, "short_id": s.short_id, "time": s.time.isoformat(),
             "hostname": s.hostname, "username": s.username, "paths": s.paths, "tags": s.tags,
             "tree": s.tree, "parent": s.parent, "original": s.original, "kind": s.kind,
@@ -79,7 +80,10 @@ def ls(
     if prefix:
         node = find_node(repo, snap, prefix)
         tree = node.subtree if node.type == DIR and node.subtree else ""
-    rows = []
+    rows: list[dict[str, Any]] = []
+    if prefix and node.type != DIR:  # `ls SNAPSHOT /path/to/file` shows that file
+        rows.append({"path": "/" + prefix, "type": node.type, "mode": oct(node.mode),
+                     "size": node.size, "mtime_ns": node.mtime_ns, "target": node.target})
     if tree:
         for p, node in repo.walk(tree, prefix):
             rows.append({"path": "/" + p, "type": node.type, "mode": oct(node.mode),

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from stackvault.cli.context import Ctx, human
-from stackvault.errors import StackVaultError
+from stackvault.errors import StackVaultError, UsageError
 from stackvault.repo.archiver import run_backup
 from stackvault.repo.check import check
 from stackvault.repo.repository import Repository
@@ -27,8 +27,9 @@ def register(app: typer.Typer) -> None:
 def make_sample(root: Path, seed: int = 7, files: int = 40) -> None:
     """A small RAG-like folder: documents, a JSONL of chunks, embeddings, a config, a symlink."""
     rng = random.Random(seed)
-    words = ("vector index chunk embedding query answer model context retrieval backup "
-             "restore document section paragraph token latency cache bucket").split()
+    words = ["vector", "index", "chunk", "embedding", "query", "answer", "model", "context",
+             "retrieval", "backup", "restore", "document", "section", "paragraph", "token",
+             "latency", "cache", "bucket"]
     (root / "docs").mkdir(parents=True)
     (root / "embeddings").mkdir()
     for i in range(files):
@@ -59,11 +60,15 @@ def demo(ctx: typer.Context, workdir: str = typer.Option(
         "(default: a new temporary folder).")) -> None:
     """Create a sample folder and a local encrypted repository; back up, damage, restore, verify."""
     c: Ctx = ctx.obj
-    base = Path(workdir or tempfile.mkdtemp(prefix="stackvault-demo-"))
+    base = Path(workdir or tempfile.mkdtemp(prefix="stackvault-demo-")).absolute()
     data, repo_dir, out = base / "sample", base / "repo", base / "restored"
+    if any(p.exists() for p in (data, repo_dir, out)):
+        raise UsageError(f"{base} already holds a demo (sample/, repo/ or restored/)",
+                         hint="give an empty or new --workdir")
     make_sample(data)
     c.info(f"sample data:  {data}")
-    repo = Repository.init(LocalStorage(repo_dir, create=True), "demo-password", kdf=c.kdf_from_env())
+    repo = Repository.init(LocalStorage(repo_dir, create=True), "demo-password",
+                           kdf=c.kdf_from_env())
     c.info(f"repository:   {repo_dir} (encrypted, password 'demo-password')")
     first = run_backup(repo, paths=[str(data)]).snapshot
     c.info(f"backup 1:     snapshot {first.short_id}, {human(first.summary['bytes_read'])} read, "
@@ -87,7 +92,8 @@ def demo(ctx: typer.Context, workdir: str = typer.Option(
                 "check_errors": len(rep.errors)})
     else:
         c.info(f"restore:      {len(got)} files in {took:.2f}s to {out}")
-        c.info(f"verify:       {'identical to the backed-up data' if got == expected else 'MISMATCH'}")
+        same = "identical to the backed-up data" if got == expected else "MISMATCH"
+        c.info(f"verify:       {same}")
         c.info(f"check:        {'no errors' if rep.ok else f'{len(rep.errors)} errors'} "
                f"({rep.packs_read} packs read)")
     if not ok:

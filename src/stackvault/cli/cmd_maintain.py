@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import typer
 
@@ -92,10 +93,13 @@ def forget(
     with Lock(repo, exclusive=True).acquire(c.opts.retry_lock):
         snaps = filtered(repo.list_snapshots(), host, tag, [])
         if snapshot:
-            targets = [repo.find_snapshot(s) for s in snapshot]
-            remove = {s.id for s in targets}
+            # Resolved without reading, so that a damaged snapshot can be forgotten too.
+            remove = {repo.resolve_snapshot_id(s) for s in snapshot}
+            groups_out: list[dict[str, Any]]
+            by_id = {s.id: s for s in snaps}
             groups_out = [{"key": {}, "keep": [], "remove": [
-                {"id": s.id, "time": s.time.isoformat()} for s in targets]}]
+                {"id": sid, "time": by_id[sid].time.isoformat() if sid in by_id else "?"}
+                for sid in sorted(remove)]}]
         else:
             fields = [{"host": "hostname"}.get(f.strip(), f.strip())
                       for f in group_by.split(",") if f.strip()]
@@ -113,15 +117,15 @@ def forget(
                 raise UsageError(str(exc)) from None
             remove = set()
             groups_out = []
-            for g in groups:
+            for grp in groups:
                 groups_out.append({
-                    "key": g.key,
+                    "key": grp.key,
                     "keep": [{"id": d.snapshot.id, "time": d.snapshot.time.isoformat(),
-                              "reasons": list(d.reasons)} for d in g.decisions if d.keep],
+                              "reasons": list(d.reasons)} for d in grp.decisions if d.keep],
                     "remove": [{"id": d.snapshot.id, "time": d.snapshot.time.isoformat()}
-                               for d in g.decisions if not d.keep],
+                               for d in grp.decisions if not d.keep],
                 })
-                remove |= {d.snapshot.id for d in g.decisions if not d.keep}
+                remove |= {d.snapshot.id for d in grp.decisions if not d.keep}
         if not c.opts.json:
             for g in groups_out:
                 if g["key"]:
@@ -134,13 +138,13 @@ def forget(
         if not dry_run:
             for sid in sorted(remove):
                 repo.storage.delete(f"snapshots/{sid}")
-    if c.opts.json:
-        c.emit({"dry_run": dry_run, "groups": groups_out, "removed": sorted(remove)})
+    pruned = _prune(c, repo, 0.05, False, emit=False) if prune_after and not dry_run else None
+    if c.opts.json:  # one JSON document, the prune result included (docs/exit-codes.md)
+        c.emit({"dry_run": dry_run, "groups": groups_out, "removed": sorted(remove),
+                **({"prune": pruned} if pruned is not None else {})})
     else:
         verb = "would remove" if dry_run else "removed"
         c.info(f"{verb} {len(remove)} snapshot(s)")
-    if prune_after and not dry_run:
-        _prune(c, repo, 0.05, False)
 
 
 def prune(
@@ -157,16 +161,20 @@ def prune(
     _prune(c, c.open_repo(), float(m.group(1)) / 100, dry_run)
 
 
-def _prune(c: Ctx, repo: Repository, max_unused: float, dry_run: bool) -> None:
+def _prune(c: Ctx, repo: Repository, max_unused: float, dry_run: bool,
+           emit: bool = True) -> dict:
     with c.progress("prune") as progress:
         p = prune_repo(repo, max_unused=max_unused, dry_run=dry_run,
                        retry_lock=c.opts.retry_lock, progress=progress)
+    result = {"dry_run": dry_run, **p.to_dict()}
     if c.opts.json:
-        c.emit({"dry_run": dry_run, **p.to_dict()})
-        return
+        if emit:
+            c.emit(result)
+        return result
     verb = "would" if dry_run else "did"
     c.info(f"packs: {len(p.keep)} kept, {len(p.repack)} repacked, {len(p.delete)} deleted "
            f"({verb} free {human(p.bytes_freed)} of {human(p.bytes_total)})")
+    return result
 
 
 def copy(

@@ -51,7 +51,7 @@ class Ctx:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.out = Console(soft_wrap=True, highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     # ------------------------------------------------------------------ repository
     def repo_url(self, url: str | None = None, env_name: str = "STACKVAULT_REPOSITORY") -> str:
@@ -64,6 +64,15 @@ class Ctx:
     def password(self, *, prefix: str = "STACKVAULT", file: str | None = None,
                  command: str | None = None, confirm: bool = False,
                  prompt: str = "repository password") -> str:
+        pw = self._read_password(prefix, file, command, confirm, prompt)
+        if confirm and not pw:  # a new password (init, key add/passwd) must not be empty
+            raise UsageError("an empty password is not allowed",
+                             hint=f"check {prefix}_PASSWORD / {prefix}_PASSWORD_FILE / "
+                             f"{prefix}_PASSWORD_COMMAND")
+        return pw
+
+    def _read_password(self, prefix: str, file: str | None, command: str | None,
+                       confirm: bool, prompt: str) -> str:
         env = self.opts.env
         file = file or env.get(f"{prefix}_PASSWORD_FILE")
         command = command or env.get(f"{prefix}_PASSWORD_COMMAND")
@@ -72,7 +81,7 @@ class Ctx:
         if file:
             try:
                 with open(file, encoding="utf-8") as f:
-                    return f.read().rstrip("\r\n")
+                    return f.readline().rstrip("\r\n")  # the first line (docs/configuration.md)
             except OSError as exc:
                 raise UsageError(f"cannot read password file {file}: {exc.strerror}") from None
         if command:
@@ -94,7 +103,7 @@ class Ctx:
         )
 
     def open_repo(self, url: str | None = None) -> Repository:
-        storage = open_storage(self.repo_url(url))
+        storage = open_storage(self.repo_url(url or self.opts.repo))
         password = None if self.opts.insecure_no_password else self.password(
             file=self.opts.password_file, command=self.opts.password_command)
         return Repository.open(storage, password,
@@ -108,7 +117,8 @@ class Ctx:
         try:
             n, r, p = (int(x) for x in spec.split(","))
         except ValueError:
-            raise UsageError(f"bad STACKVAULT_KDF {spec!r}", hint="use N,R,P e.g. 32768,8,4") from None
+            raise UsageError(f"bad STACKVAULT_KDF {spec!r}",
+                             hint="use N,R,P e.g. 32768,8,4") from None
         return KdfParams(n=n, r=r, p=p)
 
     # ------------------------------------------------------------------ output

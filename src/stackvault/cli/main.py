@@ -64,8 +64,9 @@ for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_
     module.register(app)
 
 
-def _on_sigterm(_signum: int, _frame: Any) -> None:
-    raise Interrupted("interrupted by SIGTERM")
+def _on_signal(signum: int, _frame: Any) -> None:
+    # SIGINT too: typer would turn a KeyboardInterrupt into a silent exit 130.
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
 
 
 GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--insecure-no-password", "--traceback"}
@@ -83,9 +84,7 @@ def hoist_global_options(args: list[str]) -> list[str]:
             rest.extend(args[i:])
             break
         name = a.split("=", 1)[0]
-        if a in GLOBAL_FLAGS:
-            front.append(a)
-        elif name in GLOBAL_OPTIONS and "=" in a:
+        if a in GLOBAL_FLAGS or name in GLOBAL_OPTIONS and "=" in a:
             front.append(a)
         elif a in GLOBAL_OPTIONS and i + 1 < len(args):
             front.extend(args[i:i + 2])
@@ -98,7 +97,8 @@ def hoist_global_options(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and exit with) a documented exit code."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     want_tb = "--traceback" in args
     try:

@@ -40,9 +40,12 @@ class PackEntry:
 class BlobCodec:
     """Turns plaintext into stored blobs and back. Thread-safe (per-thread zstd contexts)."""
 
-    def __init__(self, crypto: Crypto, level: int = 3) -> None:
+    def __init__(self, crypto: Crypto, level: int = 3, id_key: bytes | None = None) -> None:
+        """``id_key``: the repository's blob id key. Without encryption nothing authenticates
+        a blob, so decode then re-hashes the plaintext and compares it with the id."""
         self.crypto = crypto
         self.level = level
+        self.id_key = id_key
         self._local = threading.local()
 
     def _cctx(self, level: int) -> zstandard.ZstdCompressor:
@@ -78,6 +81,8 @@ class BlobCodec:
 
     def decode(self, blob_id: bytes, stored: bytes | memoryview, raw_length: int) -> bytes:
         payload = self.crypto.open(stored, blob_id, f"blob {blob_id.hex()}")
+        if not payload:
+            raise IntegrityError(f"blob {blob_id.hex()}: empty (damaged)")
         flag = payload[0]
         if flag == FLAG_RAW:
             out = payload[1:]
@@ -92,6 +97,9 @@ class BlobCodec:
             raise IntegrityError(
                 f"blob {blob_id.hex()}: length {len(out)} does not match index ({raw_length})"
             )
+        if (not self.crypto.encrypted and self.id_key is not None
+                and blake3.blake3(out, key=self.id_key).digest() != blob_id):
+            raise IntegrityError(f"blob {blob_id.hex()}: content does not match its id (damaged)")
         return out
 
 

@@ -70,7 +70,7 @@ class Repository:
         self.config = config
         self.key_name = key_name
         self.id_key = bytes.fromhex(config["id_key"])
-        self.codec = BlobCodec(crypto, int(config["compression"]["level"]))
+        self.codec = BlobCodec(crypto, int(config["compression"]["level"]), self.id_key)
         self.pack_size = int(config["pack_size"])
         self.index = Index()
         self.index_errors: list[tuple[str, Exception]] = []
@@ -375,14 +375,18 @@ class Repository:
                 raise SnapshotNotFound("no snapshot matches 'latest'",
                                        hint="list snapshots with `stackvault snapshots`")
             return snaps[-1]
-        ids = [i for i in self.snapshot_ids() if i.startswith(ref)]
+        return self.load_snapshot(self.resolve_snapshot_id(ref))
+
+    def resolve_snapshot_id(self, ref: str) -> str:
+        """The full id of the one snapshot whose id starts with ``ref`` (without reading it)."""
+        ids = [i for i in self.snapshot_ids() if i.startswith(ref)] if ref else []
         if not ids:
             raise SnapshotNotFound(f"no snapshot with id {ref!r}",
                                    hint="list snapshots with `stackvault snapshots`")
         if len(ids) > 1:
             raise SnapshotNotFound(f"snapshot id {ref!r} is ambiguous ({len(ids)} match)",
                                    hint="give more characters of the id")
-        return self.load_snapshot(ids[0])
+        return ids[0]
 
     def save_tree(self, nodes: list[Node]) -> tuple[bytes, bytes]:
         raw = encode_tree(nodes)

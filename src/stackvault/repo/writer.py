@@ -13,7 +13,6 @@ from stackvault.repo.repository import INDEX_BATCH_ENTRIES as INDEX_FLUSH_ENTRIE
 from stackvault.repo.repository import Repository, pack_name
 
 
-
 @dataclass
 class WriterStats:
     blobs_new: int = 0

@@ -42,6 +42,9 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 _USERINFO = re.compile(r"(?<=://)[^/?#]*@")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 
+# 8 attempts ride out about 11-23 s of outage (delays 0.2, 0.4 ... capped at 10 s, jittered).
+S3_ATTEMPTS = 8
+
 _memory_lock = threading.Lock()
 _memory_stores: dict[str, MemoryStorage] = {}
 
@@ -130,7 +133,7 @@ def _open_s3(url: str, *, create: bool) -> Storage:
             hint="install it: pip install boto3 (it is a dependency of stackvault)",
         ) from None
     s3: S3Storage = S3Storage(endpoint, bucket, prefix)
-    storage = RetryStorage(s3)
+    storage = RetryStorage(s3, attempts=S3_ATTEMPTS)
     if create:
         storage.call("create bucket", bucket, s3.ensure_bucket)
     return storage

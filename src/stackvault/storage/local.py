@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -23,6 +24,7 @@ TMP_DIR = "tmp"  # in-flight puts live here; never listed, reserved as a name
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _TRANSIENT = {errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR}
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
 _DIR_SYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF}
 
 
@@ -101,6 +103,14 @@ class LocalStorage:
                     raise ObjectExists(
                         f"object {name!r} already exists in {self.location}"
                     ) from None
+                except OSError as e:
+                    if e.errno in _NO_HARD_LINKS:
+                        raise StorageError(
+                            f"cannot store {name!r} in {self.location}: {e.strerror}",
+                            hint="the file system does not support hard links, which local "
+                            "storage needs for put-if-absent; use ext4, xfs, btrfs, zfs or NFS",
+                        ) from e
+                    raise
                 _fsync_dir(final.parent)
             except OSError as e:
                 if e.errno in (errno.ENOTDIR, errno.EEXIST):
@@ -110,12 +120,8 @@ class LocalStorage:
                     ) from e
                 raise _os_error(e, "put", name) from e
         finally:
-            try:
+            with contextlib.suppress(OSError):  # best effort: a leftover is never listed
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass  # best effort: a leftover in tmp/ is never listed
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)

@@ -63,7 +63,7 @@ _CREDENTIAL_CODES = {
     "403",
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
-_FULL_CODES = {"QuotaExceeded", "XMinioStorageFull", "EntityTooLarge", "InsufficientStorage"}
+_FULL_CODES = {"QuotaExceeded", "XMinioStorageFull", "InsufficientStorage"}  # before 5xx
 
 CREDENTIALS_HINT = (
     "check the S3 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
@@ -321,12 +321,17 @@ class S3Storage:
                     return self._missing_bucket_error()
             if code in _NOT_FOUND_CODES or (status == 404 and op in ("get", "stat")):
                 return ObjectNotFound(f"object {name!r} not found in {self.location}")
-            if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
-                return TransientStorageError(detail)
             if code in _FULL_CODES:
                 return StorageFull(detail, hint="the storage or its quota is full")
+            if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
+                return TransientStorageError(detail)
             if code in _CREDENTIAL_CODES or status == 403:
                 return StorageError(detail, hint=CREDENTIALS_HINT)
+            if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301"):
+                return StorageError(
+                    detail,
+                    hint=f"the bucket is in another region than {self.region}: set AWS_REGION",
+                )
             if code == "RequestTimeTooSkewed":
                 return StorageError(detail, hint="the system clock is wrong; fix it (NTP)")
             return StorageError(detail)
