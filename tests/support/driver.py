@@ -18,6 +18,8 @@ Options (environment variable in brackets):
     --host NAME     host name recorded in the snapshot (backup)
     --retry-lock S  retry a conflicting lock for S seconds (default 0)
     --pack-size N, --small-chunks   repository parameters for init
+    --attempts N    S3 only: retry each request at most N times, 50 ms apart (open_storage's
+                    default policy rides out ~20 s of outage)
 
 Protocol: ``READY`` is printed (and flushed) once the repository is open, right before the
 operation starts, so a test can time a kill from there. On a StackVaultError the message
@@ -40,7 +42,7 @@ from stackvault.repo.lock import Lock
 from stackvault.repo.prune import prune
 from stackvault.repo.repository import Repository
 from stackvault.repo.retention import KeepPolicy, plan
-from stackvault.storage import open_storage
+from stackvault.storage import RetryStorage, Storage, open_storage, parse_s3_url
 
 CRASH = 70  # exit status of an unexpected exception (a bug: it printed a traceback)
 SMALL_CHUNKS = {"min": 16 << 10, "avg": 64 << 10, "max": 256 << 10}
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pack-size", type=int, default=512 << 10)
     p.add_argument("--small-chunks", action="store_true")
     p.add_argument("--kdf", choices=("test", "default"), default="test")
+    p.add_argument("--attempts", type=int, default=None)
     p.add_argument("operation", choices=("init", "backup", "prune", "forget-keep-last"))
     p.add_argument("args", nargs="*")
     return p
@@ -75,18 +78,31 @@ def forget_keep_last(repo: Repository, n: int, retry_lock: float) -> list[str]:
     return doomed
 
 
+def storage_for(url: str, attempts: int | None, create: bool = False) -> Storage:
+    if attempts is None or not url.lower().startswith("s3:"):
+        return open_storage(url, create=create)
+    from stackvault.storage.s3 import S3Storage
+
+    endpoint, bucket, prefix = parse_s3_url(url)
+    storage = RetryStorage(S3Storage(endpoint, bucket, prefix, connect_timeout=2,
+                                     read_timeout=10), attempts=attempts, base_delay=0.05)
+    if create:
+        storage.call("create bucket", bucket, storage.inner.ensure_bucket)  # type: ignore[attr-defined]
+    return storage
+
+
 def run(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
     if not a.repo:
         raise SystemExit("driver: no repository given (--repo or SV_REPO)")
     if a.operation == "init":
-        storage = open_storage(a.repo, create=True)
+        storage = storage_for(a.repo, a.attempts, create=True)
         kdf = TEST_KDF if a.kdf == "test" else KdfParams()
         repo = Repository.init(storage, a.password, kdf=kdf, pack_size=a.pack_size,
                                chunker=SMALL_CHUNKS if a.small_chunks else None)
         _say(f"INIT {repo.id}")
         return 0
-    repo = Repository.open(open_storage(a.repo), a.password)
+    repo = Repository.open(storage_for(a.repo, a.attempts), a.password)
     _say("READY")
     if a.operation == "backup":
         if not a.args:

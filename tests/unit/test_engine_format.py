@@ -11,6 +11,8 @@ from pathlib import Path
 
 import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stackvault.errors import (
     IntegrityError,
@@ -50,7 +52,7 @@ def new_repo(password: str | None = PW, storage: MemoryStorage | None = None,
     kw.setdefault("kdf", kc.TEST_KDF)
     kw.setdefault("chunker", SMALL_CHUNKER)
     kw.setdefault("pack_size", SMALL_PACK)
-    return Repository.init(storage or MemoryStorage(), password, **kw)  # type: ignore[arg-type]
+    return Repository.init(storage or MemoryStorage(), password, **kw)
 
 
 def flip(data: bytes, pos: int, mask: int = 0x01) -> bytes:
@@ -234,7 +236,7 @@ class TestRepositoryKeys:
         keys = {k["id"]: k for k in repo.list_keys()}
         assert len(keys) == 3
         assert [k["current"] for k in keys.values()].count(True) == 1
-        assert keys[repo.key_name.split("/", 1)[1]]["current"]  # type: ignore[union-attr]
+        assert keys[repo.key_name.split("/", 1)[1]]["current"]
         for pw, kid in (("pw-two", kid2), ("pw-three", kid3)):
             r = Repository.open(repo.storage, pw)
             assert r.key_name == f"keys/{kid}"
@@ -242,7 +244,7 @@ class TestRepositoryKeys:
 
     def test_remove_key_and_refusals(self) -> None:
         repo = new_repo()
-        own = repo.key_name.split("/", 1)[1]  # type: ignore[union-attr]
+        own = repo.key_name.split("/", 1)[1]
         with pytest.raises(UsageError, match="in use|last"):
             repo.remove_key(own)
         kid2 = repo.add_key("pw-two", kc.TEST_KDF)
@@ -262,7 +264,7 @@ class TestRepositoryKeys:
         kid2 = repo.add_key("pw-two", kc.TEST_KDF)
         other = Repository.open(repo.storage, "pw-two")
         # Someone removes the first key behind our back; the remaining one is the last.
-        repo.storage.delete(repo.key_name)  # type: ignore[arg-type]
+        repo.storage.delete(repo.key_name)
         assert other.key_name == f"keys/{kid2}"
         with pytest.raises(UsageError):
             other.remove_key(kid2)
@@ -282,7 +284,7 @@ class TestRepositoryKeys:
                   if not o.name.startswith("keys/")}
         new_id = repo.add_key("new password", kc.TEST_KDF)
         r2 = Repository.open(repo.storage, "new password")
-        r2.remove_key(repo.key_name.split("/", 1)[1])  # type: ignore[union-attr]
+        r2.remove_key(repo.key_name.split("/", 1)[1])
         after = {o.name: repo.storage.get(o.name) for o in repo.storage.list()
                  if not o.name.startswith("keys/")}
         assert before == after
@@ -293,6 +295,17 @@ class TestRepositoryKeys:
         out = io.BytesIO()
         dump(r3, r3.load_snapshot(snap.id), str(tmp_path / "f"), out)
         assert out.getvalue() == TEXT
+
+    def test_check_reports_damaged_key_file(self) -> None:
+        repo = new_repo()
+        kid = repo.add_key("second", kc.TEST_KDF)
+        raw = repo.storage.get(f"keys/{kid}")
+        replace_object(repo.storage, f"keys/{kid}", raw[:-10])
+        assert Repository.open(repo.storage, PW).id == repo.id
+        rep = check(repo)
+        assert [p.object for p in rep.errors] == [f"keys/{kid}"]
+        listed = {k["id"]: k for k in repo.list_keys()}
+        assert "error" in listed[kid] and "error" not in listed[repo.key_name[5:]]
 
     def test_unencrypted_repo_has_no_keys(self) -> None:
         repo = new_repo(None)
@@ -791,3 +804,39 @@ class TestIndex:
         assert isinstance(r.index_errors[0][1], IntegrityError)
         rep = check(r)
         assert not rep.ok and any(p.object == f"index/{bad}" for p in rep.errors)
+
+
+# ==================================================================== properties
+
+
+_blob_data = st.one_of(st.binary(max_size=3000),
+                       st.integers(0, 20_000).map(lambda n: TEXT[:n]),
+                       st.integers(0, 20_000).map(lambda n: random.Random(n).randbytes(n)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(blobs=st.lists(_blob_data, max_size=6), encrypted=st.booleans(),
+       blob_type=st.sampled_from([DATA, TREE]))
+def test_property_pack_roundtrip(blobs: list[bytes], encrypted: bool, blob_type: int) -> None:
+    crypto = kc.Crypto(os.urandom(32) if encrypted else None)
+    pid, raw, entries, codec, _ids = build_pack(crypto, blobs, blob_type)
+    parsed = parse_header(crypto, pid, raw, len(raw))
+    assert parsed == entries
+    for e, data in zip(parsed, blobs, strict=True):
+        assert e.type == blob_type
+        assert codec.decode(e.id, raw[e.offset: e.offset + e.length], e.raw_length) == data
+    assert decode_index(encode_index([(pid, len(raw), entries)], [])) == [
+        (pid, len(raw), entries)]
+
+_KEY = os.urandom(32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=_blob_data, pos=st.integers(min_value=0), mask=st.integers(1, 255))
+def test_property_damaged_blob_never_decodes(data: bytes, pos: int, mask: int) -> None:
+    codec = BlobCodec(kc.Crypto(_KEY))
+    bid = blake3.blake3(data).digest()
+    stored = codec.encode(bid, data)
+    with pytest.raises(IntegrityError):
+        codec.decode(bid, flip(stored, pos % len(stored), mask), len(data))
+

@@ -12,6 +12,7 @@ import typer
 from stackvault import __version__
 from stackvault.cli import cmd_backup, cmd_browse, cmd_demo, cmd_maintain, cmd_repo, cmd_restore
 from stackvault.cli.context import Ctx, Options
+from stackvault.cli.entry import hoist_global_options
 from stackvault.errors import ExitCode, Interrupted, StackVaultError
 
 app = typer.Typer(
@@ -67,32 +68,6 @@ for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_
 def _on_signal(signum: int, _frame: Any) -> None:
     # SIGINT too: typer would turn a KeyboardInterrupt into a silent exit 130.
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
-
-
-GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--insecure-no-password", "--traceback"}
-GLOBAL_OPTIONS = {"--repo", "-r", "--password-file", "--password-command", "--retry-lock"}
-
-
-def hoist_global_options(args: list[str]) -> list[str]:
-    """Let global options follow the command too (`stackvault snapshots --json`), as in restic."""
-    front: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a == "--":
-            rest.extend(args[i:])
-            break
-        name = a.split("=", 1)[0]
-        if a in GLOBAL_FLAGS or name in GLOBAL_OPTIONS and "=" in a:
-            front.append(a)
-        elif a in GLOBAL_OPTIONS and i + 1 < len(args):
-            front.extend(args[i:i + 2])
-            i += 1
-        else:
-            rest.append(a)
-        i += 1
-    return front + rest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,9 +275,11 @@ def run_backup(
 ) -> BackupResult:
     """Back up paths or a stream under a shared lock and commit one snapshot."""
     hostname = hostname or socket.gethostname()
-    repo.load_index()
     start = now()
     with Lock(repo, exclusive=False).acquire(retry_for=retry_lock) as lock:
+        # Load the index only under the lock: an index read earlier may name packs that a
+        # prune deleted meanwhile, and deduplicating against them would lose data.
+        repo.reload_index()
         snap_paths = ([f"/{stdin_name}"] if stdin is not None
                       else sorted({os.path.abspath(p) for p in paths or []}))
         parent_snap = _find_parent(repo, parent, hostname, snap_paths) if stdin is None else None

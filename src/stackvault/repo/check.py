@@ -80,8 +80,9 @@ def check(repo: Repository, *, read_data: bool = False, subset: str | None = Non
 
     # Index documents.
     repo.load_index()
-    for doc_id, index_exc in repo.index_errors:
-        rep.errors.append(Problem(f"index/{doc_id}", str(index_exc)))
+    index_problems = [Problem(f"index/{doc_id}", str(index_exc))
+                      for doc_id, index_exc in repo.index_errors]
+    rep.errors.extend(index_problems)
 
     # Snapshots and the trees they reach.
     snap_errors: list[tuple[str, Exception]] = []
@@ -113,10 +114,16 @@ def check(repo: Repository, *, read_data: bool = False, subset: str | None = Non
     for snap in snaps:
         for b in reachable(bytes.fromhex(snap.tree)):
             users[b].add(snap.id)
+    unindexed_users: set[str] = set()
     for b, sids in users.items():
         if b not in repo.index:
+            unindexed_users |= sids
             rep.errors.append(Problem(f"blob {b.hex()}", "referenced but not in any index",
                                       sorted(sids)))
+    # An unreadable index file hides the blobs it lists: the snapshots that use blobs missing
+    # from the index rely on it (on one of them, if several index files are damaged).
+    for problem in index_problems:
+        problem.snapshots = sorted(unindexed_users)
     for b, msg in bad_trees.items():
         rep.errors.append(Problem(f"tree {b.hex()}", msg, sorted(users[b])))
     pack_blobs: dict[str, list[bytes]] = defaultdict(list)
@@ -138,6 +145,10 @@ def check(repo: Repository, *, read_data: bool = False, subset: str | None = Non
                                       f"size {stored[pid]} differs from the index ({size})",
                                       snaps_of_pack(pid)))
     for pid in stored.keys() - repo.index.packs.keys():
+        if index_problems or unindexed_users:  # it may hold the blobs the index lacks
+            rep.warnings.append(Problem(pack_name(pid), "pack is not in any index (the index "
+                                        "is damaged or incomplete: run `repair index`)"))
+            continue
         rep.warnings.append(Problem(pack_name(pid), "pack is not in any index (left by an "
                                     "interrupted backup or prune; `prune` removes it)"))
 

@@ -26,8 +26,8 @@ def copy_snapshots(src: Repository, dst: Repository, snaps: list[Snapshot], *,
     progress = progress or (lambda _e: None)
     result = CopyResult()
     src.load_index()
-    dst.load_index()
     with Lock(dst, exclusive=False).acquire(retry_for=retry_lock) as lock:
+        dst.reload_index()  # under the lock: never deduplicate against pruned packs
         done = {s.original or s.id for s in dst.list_snapshots()}
         memo: dict[str, str] = {}  # source tree id -> destination tree id
         blob_map: dict[str, str] = {}

@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import socket
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,6 +37,27 @@ class KdfParams:
         return hashlib.scrypt(
             password.encode(), salt=salt, n=self.n, r=self.r, p=self.p, maxmem=maxmem, dklen=32
         )
+
+
+_derived: dict[tuple[KdfParams, bytes, bytes], Future[bytes]] = {}
+_derived_lock = threading.Lock()
+
+
+def derive_cached(kdf: KdfParams, password: str, salt: bytes) -> bytes:
+    """``kdf.derive`` computed once per process, so it can be started early on another thread
+    (see ``prefetch_unlock``) and picked up by whoever needs it first."""
+    key = (kdf, hashlib.sha256(password.encode()).digest(), salt)
+    with _derived_lock:
+        fut = _derived.get(key)
+        owner = fut is None
+        if fut is None:
+            fut = _derived[key] = Future()
+    if owner:
+        try:
+            fut.set_result(kdf.derive(password, salt))
+        except BaseException as exc:
+            fut.set_exception(exc)
+    return fut.result()
 
 
 # Cheap parameters for tests only; they are stored in the key file like any others.
@@ -122,10 +145,13 @@ def parse_key_file(raw: bytes, name: str) -> dict:
     return doc
 
 
+def kdf_of(doc: dict) -> KdfParams:
+    return KdfParams(n=int(doc["n"]), r=int(doc["r"]), p=int(doc["p"]))
+
+
 def open_key_file(doc: dict, password: str) -> bytes:
     """Return the master key, or raise WrongPassword."""
-    kdf = KdfParams(n=int(doc["n"]), r=int(doc["r"]), p=int(doc["p"]))
-    kek = kdf.derive(password, unb64(doc["salt"]))
+    kek = derive_cached(kdf_of(doc), password, unb64(doc["salt"]))
     try:
         payload = Crypto(kek).open(unb64(doc["data"]), b"stackvault:key", "key")
     except IntegrityError:

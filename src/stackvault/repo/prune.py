@@ -98,6 +98,13 @@ def plan_prune(repo: Repository, max_unused: float = 0.05) -> tuple[PrunePlan, d
         for e in packs[pid][1]:
             if e.id in used and e.id not in owner:
                 owner[e.id] = pid
+    missing = used - owner.keys()
+    if missing:  # an unindexed pack (lost or damaged index file) may hold them: keep it all
+        raise RepositoryError(
+            f"{len(missing)} blob(s) used by snapshots are in no indexed, stored pack (e.g. "
+            f"{min(missing).hex()[:12]}); pruning now could delete the packs that hold them",
+            hint="run `stackvault repair index`, then `stackvault check`; forget the "
+            "snapshots check names if their data is really lost")
     for pid, size in stored.items():
         plan.bytes_total += size
         if pid not in packs:
@@ -125,6 +132,7 @@ def prune(repo: Repository, *, max_unused: float = 0.05, dry_run: bool = False,
           retry_lock: float = 0.0, progress: Progress | None = None) -> PrunePlan:
     progress = progress or (lambda _e: None)
     with Lock(repo, exclusive=True).acquire(retry_for=retry_lock) as lock:
+        repo.reload_index()  # what others wrote before we held the lock
         plan, ctx = plan_prune(repo, max_unused)
         if dry_run:
             return plan
@@ -156,4 +164,5 @@ def prune(repo: Repository, *, max_unused: float = 0.05, dry_run: bool = False,
                 repo.storage.delete(f"index/{doc_id}")
         for pid in plan.delete + plan.repack:
             repo.storage.delete(pack_name(pid))
+        repo.reload_index()  # repacked blobs moved: drop their old locations
     return plan

@@ -34,5 +34,6 @@ def rebuild_index(repo: Repository) -> dict[str, Any]:
     for doc_id in old_ids:
         if doc_id not in new_ids:
             repo.storage.delete(f"index/{doc_id}")
+    repo.reload_index()
     return {"packs": len(packs), "blobs": sum(len(p[2]) for p in packs),
             "damaged_packs": damaged, "index_files": new_ids}

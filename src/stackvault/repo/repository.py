@@ -269,6 +269,15 @@ class Repository:
             self.loaded_index_ids.append(doc_id)
         self._index_loaded = True
 
+    def reload_index(self) -> None:
+        """Forget the in-memory index and load it again from the index documents; needed
+        after the index documents were replaced (prune), as blob locations have changed."""
+        self.index = Index()
+        self.index_errors = []
+        self.loaded_index_ids = []
+        self._index_loaded = False
+        self.load_index()
+
     def write_index(self, packs: list[tuple[str, int, list[PackEntry]]],
                     supersedes: list[str] | None = None) -> str:
         return self.save_raw_doc("index", encode_index(packs, supersedes or []), "index")
@@ -416,6 +425,20 @@ def _exists(storage: Storage, name: str) -> bool:
         return True
     except ObjectNotFound:
         return False
+
+
+def prefetch_unlock(storage: Storage, password: str) -> None:
+    """Derive the key-encryption keys of every key file, in the order ``_unlock`` tries them.
+
+    Run on a background thread at start-up: scrypt releases the GIL, so its ~0.3 s overlaps
+    with importing the rest of the program. Errors are ignored; the real open reports them.
+    """
+    try:
+        for name in sorted(o.name for o in storage.list("keys/")):
+            doc = kc.parse_key_file(storage.get(name), name)
+            kc.derive_cached(kc.kdf_of(doc), password, kc.unb64(doc["salt"]))
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return
 
 
 def _unlock(storage: Storage, key_names: list[str], password: str) -> tuple[kc.Crypto, str]:

@@ -78,6 +78,8 @@ def restore(repo: Repository, snap: Snapshot, target: str, *, includes: list[str
     links: list[tuple[str, Node]] = []
     for path, node, _w in iter_selected(repo, snap.tree, includes):
         dest = os.path.join(target, path)
+        if node.type in (DIR, FILE) and os.path.islink(dest):
+            os.unlink(dest)  # left by an earlier restore: never write through a symlink
         if node.type == DIR:
             os.makedirs(dest, exist_ok=True)
             dirs.append((dest, node))
