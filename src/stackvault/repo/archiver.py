@@ -92,14 +92,35 @@ class Archiver:
 
     # ------------------------------------------------------------------ content
     def _chunk_stream(self, f: BinaryIO) -> tuple[list[Future[bytes]], int]:
-        """Queue every chunk of a stream; return the id futures and the bytes read."""
-        futures = []
+        """Queue every chunk of a stream; return the id futures and the bytes read.
+
+        The stream is read in large blocks that the chunks then point into (no copy per
+        chunk). The last chunk of a block may be cut differently once more data arrives, so
+        it is carried into the next block; every other cut is final (content or max size).
+        """
+        futures: list[Future[bytes]] = []
         size = 0
-        for ch in self.chunker.cut_stream(f):
-            data = bytes(ch.data)  # the view is only valid until the next chunk
-            size += len(data)
-            self.c.bytes_read += len(data)
-            futures.append(self.writer.save(DATA, data))
+        carry = memoryview(b"")
+        eof = False
+        while not eof:
+            buf = bytearray(len(carry) + READ_BLOCK)
+            buf[: len(carry)] = carry
+            filled = len(carry)
+            view = memoryview(buf)
+            while filled < len(buf):
+                n = f.readinto(view[filled:])  # type: ignore[attr-defined]
+                if not n:
+                    eof = True
+                    break
+                filled += n
+            carry = memoryview(b"")
+            for ch in self.chunker.cut_buf(view[:filled]):
+                if not eof and ch.offset + ch.length == filled:
+                    carry = ch.data
+                    break
+                size += ch.length
+                self.c.bytes_read += ch.length
+                futures.append(self.writer.save(DATA, ch.data))
         self.c.total_size += size
         return futures, size
 
@@ -133,15 +154,19 @@ class Archiver:
         return _Pending(node, futures)
 
     # ------------------------------------------------------------------ trees
+    def _old_nodes(self, old_tree: str | None) -> dict[str, Node]:
+        """The parent snapshot's nodes of this folder, by name (for the metadata cache)."""
+        if not old_tree:
+            return {}
+        try:
+            return {n.name: n for n in self.repo.load_tree(old_tree)}
+        except Exception:  # noqa: BLE001 - the cache is an optimisation only
+            return {}
+
     def _dir(self, path: str, old_tree: str | None) -> str:
         """Back up the folder at ``path``; return its tree id."""
         self.c.dirs += 1
-        old_nodes: dict[str, Node] = {}
-        if old_tree:
-            try:
-                old_nodes = {n.name: n for n in self.repo.load_tree(old_tree)}
-            except Exception:  # noqa: BLE001 - the cache is an optimisation only
-                old_nodes = {}
+        old_nodes = self._old_nodes(old_tree)
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -211,12 +236,7 @@ class Archiver:
         return self._virtual(root, "/", old_root)
 
     def _virtual(self, vdir: dict[str, Any], real: str, old_tree: str | None) -> str:
-        old_nodes: dict[str, Node] = {}
-        if old_tree:
-            try:
-                old_nodes = {n.name: n for n in self.repo.load_tree(old_tree)}
-            except Exception:  # noqa: BLE001 - the cache is an optimisation only
-                old_nodes = {}
+        old_nodes = self._old_nodes(old_tree)
         items: list[Node | _Pending] = []
         for name in sorted(vdir):
             child = vdir[name]
