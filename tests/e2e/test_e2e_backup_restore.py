@@ -165,3 +165,19 @@ def test_changed_file_is_detected_even_with_same_size_and_mtime(fresh: SV,
     res = fresh.json("backup", str(src))
     assert res["summary"]["files_changed"] == 1, res
     assert fresh.ok("dump", "latest", str(f)).out == b"B" * 100_000
+
+
+def test_names_and_tags_with_brackets_are_printed_verbatim(fresh: SV, tmp_path: Path) -> None:
+    """File names and tags are data: "[red]" or "[/x]" in them must not be taken as styles."""
+    src = tmp_path / "src"
+    (src / "[red]dir").mkdir(parents=True)
+    (src / "[red]dir" / "a[b]x.txt").write_text("x")
+    os.mkfifo(src / "[bold]pipe")  # cannot be backed up: reported, exit 3
+    res = fresh("backup", str(src), "--tag", "[/x]")
+    assert res.rc == 3, str(res)
+    assert f"{src}/[bold]pipe" in res.err and "snapshot" in res.err
+    listing = fresh.ok("ls", "latest").text.splitlines()
+    assert f"{src}/[red]dir/a[b]x.txt" in listing
+    table = fresh.ok("snapshots").text
+    assert "[/x]" in table
+    assert fresh.json("snapshots")[0]["summary"]["errors"] == 1

@@ -31,6 +31,7 @@ def test_s3_round_trip(base, seaweed: str, s3_bucket: str, env: dict[str, str],
     bad = sv("snapshots", env={"AWS_SECRET_ACCESS_KEY": BAD_SECRET})
     assert bad.rc == 13, str(bad)
     assert "credentials" in bad.err.lower() or "signature" in bad.err.lower()
+    assert BAD_SECRET not in bad.err and BAD_SECRET.encode() not in bad.out
 
 
 def test_s3_init_creates_the_bucket_and_missing_repo_is_10(seaweed: str,

@@ -8,6 +8,7 @@ deleted. Transient S3 errors (injected by FaultyStorage under RetryStorage) chan
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -15,6 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+
+from stackvault.repo.archiver import run_backup
+from stackvault.repo.crypto import TEST_KDF
+from stackvault.repo.prune import prune
+from stackvault.repo.repository import Repository
+from stackvault.storage import FaultyStorage, RetryStorage
+from stackvault.storage.s3 import S3Storage
 from support.driver import forget_keep_last
 from support.reliability import (
     PASSWORD,
@@ -25,16 +33,8 @@ from support.reliability import (
     open_repo,
     run_driver,
     spawn,
-    verify_all,
     verify_restore,
 )
-
-from stackvault.repo.archiver import run_backup
-from stackvault.repo.crypto import TEST_KDF
-from stackvault.repo.prune import prune
-from stackvault.repo.repository import Repository
-from stackvault.storage import FaultyStorage, RetryStorage
-from stackvault.storage.s3 import S3Storage
 
 pytestmark = pytest.mark.s3
 
@@ -185,9 +185,10 @@ def test_backup_that_loaded_the_index_before_a_prune(seaweed: str, s3_bucket: st
 @pytest.mark.parametrize("faults", [{"fail_rate": 0.2}, {"fail_rate": 0.1, "timeout_rate": 0.1}],
                          ids=["failures", "lost-responses"])
 def test_transient_s3_errors(seaweed: str, s3_bucket: str, tmp_path: Path,
-                             faults: dict[str, float]) -> None:
+                             faults: dict[str, float], caplog: pytest.LogCaptureFixture) -> None:
     """Every S3 call fails (or its response is lost) with the given probability; RetryStorage
     retries. Backup, forget + prune and restore all succeed and restore byte-identical."""
+    caplog.set_level(logging.ERROR, logger="stackvault.storage")  # hundreds of retry warnings
     injected: dict[str, int] = {}
 
     def flaky(seed: int) -> RetryStorage:

@@ -12,16 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support.reliability import (
-    PASSWORD,
-    SourceTree,
-    assert_consistent,
-    manifest,
-    open_repo,
-    run_driver,
-    tmpfs,
-    verify_restore,
-)
 
 from stackvault.errors import (
     ExitCode,
@@ -36,6 +26,16 @@ from stackvault.repo.prune import prune
 from stackvault.repo.repository import Repository
 from stackvault.storage import LocalStorage, RetryStorage, open_storage
 from stackvault.storage.s3 import S3Storage
+from support.reliability import (
+    PASSWORD,
+    SourceTree,
+    assert_consistent,
+    manifest,
+    open_repo,
+    run_driver,
+    tmpfs,
+    verify_restore,
+)
 
 
 def _init(path: Path, **kw: object) -> Repository:

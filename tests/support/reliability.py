@@ -30,7 +30,12 @@ PASSWORD = "test-password"
 UNREFERENCED = "not in any index"  # the one warning a crash may leave behind
 MIB = 1 << 20
 
-_WORDS = ["vector", "embedding", "backup", "restore", "snapshot", "index", "pack", "blob", "chunk", "tree", "deduplicate", "encrypt", "compress", "verify", "prune", "forget", "lock", "storage", "bucket", "object", "retrieval", "model", "document", "query", "answer", "context", "window", "token", "latency", "throughput", "replica", "shard"]
+_WORDS = [
+    "vector", "embedding", "backup", "restore", "snapshot", "index", "pack", "blob", "chunk",
+    "tree", "deduplicate", "encrypt", "compress", "verify", "prune", "forget", "lock",
+    "storage", "bucket", "object", "retrieval", "model", "document", "query", "answer",
+    "context", "window", "token", "latency", "throughput", "replica", "shard",
+]
 
 
 # --- source trees ------------------------------------------------------------------------
@@ -97,9 +102,11 @@ class SourceTree:
         for i in range(3):
             self._write(f"big/b{i}.bin", rng.randbytes(self._n(6 * MIB)))
         for i in range(8):
-            self._write(f"media/m{i}.bin", rng.randbytes(self._n(rng.randint(512 << 10, 2 * MIB))))
+            size = self._n(rng.randint(512 << 10, 2 * MIB))
+            self._write(f"media/m{i}.bin", rng.randbytes(size))
         for i in range(16):
-            self._write(f"text/t{i:02}.txt", self._text(rng, self._n(rng.randint(100_000, 400_000))))
+            size = self._n(rng.randint(100_000, 400_000))
+            self._write(f"text/t{i:02}.txt", self._text(rng, size))
         self._write("zeros.bin", bytes(self._n(2 * MIB)))
         self._write("cycle.bin", self._cycle[0])
         for i in range(6):

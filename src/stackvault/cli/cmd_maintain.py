@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from stackvault.cli.cmd_browse import filtered
 from stackvault.cli.context import Ctx, human
@@ -129,7 +130,7 @@ def forget(
         if not c.opts.json:
             for g in groups_out:
                 if g["key"]:
-                    c.out.print(f"[bold]group {g['key']}[/bold]")
+                    c.out.print(f"[bold]group {escape(str(g['key']))}[/bold]", markup=True)
                 for k in g["keep"]:
                     c.out.print(f"  keep    {k['id'][:8]}  {k['time'][:19]}  "
                                 f"{', '.join(k['reasons'])}", markup=False)

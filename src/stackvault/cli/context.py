@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -50,8 +51,9 @@ class Ctx:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.out = Console(soft_wrap=True, highlight=False)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        # markup=False: file names, tags and paths are data; "[x]" in them is not a style.
+        self.out = Console(soft_wrap=True, highlight=False, markup=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
     # ------------------------------------------------------------------ repository
     def repo_url(self, url: str | None = None, env_name: str = "STACKVAULT_REPOSITORY") -> str:
@@ -132,7 +134,7 @@ class Ctx:
             self.out.print(text)
 
     def warn(self, text: str) -> None:
-        self.err.print(f"[yellow]warning:[/yellow] {text}", markup=True)
+        self.err.print(f"[yellow]warning:[/yellow] {escape(text)}", markup=True)
 
     @contextmanager
     def progress(self, label: str) -> Iterator[ProgressFn]:

@@ -57,7 +57,7 @@ def start_key_prefetch(args: list[str], env: dict[str, str]) -> None:
         file = _option(args, "--password-file") or env.get("STACKVAULT_PASSWORD_FILE")
         try:
             with open(file or "", encoding="utf-8") as f:
-                password = f.read().rstrip("\r\n")
+                password = f.readline().rstrip("\r\n")  # as Ctx.password: first line
         except OSError:
             return
 

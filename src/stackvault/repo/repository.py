@@ -136,7 +136,7 @@ class Repository:
         key_names = [o.name for o in storage.list("keys/")]
         if not key_names:
             if not insecure_no_password:
-                raise RepositoryError(
+                raise UsageError(
                     "this repository is not encrypted",
                     hint="pass --insecure-no-password to use an unencrypted repository",
                 )
