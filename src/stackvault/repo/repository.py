@@ -19,7 +19,6 @@ from stackvault.errors import (
     IntegrityError,
     ObjectExists,
     ObjectNotFound,
-    RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
