@@ -1,6 +1,6 @@
 """Fixtures for the end-to-end CLI tests (tests/e2e).
 
-The CLI always runs as a subprocess with STACKVAULT_KDF=1024,8,1 (cheap scrypt) and a
+The CLI always runs as a subprocess with STACKVAULT_KDF=1,1024,1 (cheap Argon2id) and a
 distinctive password; see e2e_support.py. The session builds one repository with two
 snapshots of a generated folder; tests that change a repository work on a copy of it.
 """

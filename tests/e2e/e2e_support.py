@@ -25,7 +25,7 @@ OTHER_PASSWORD = "e2e-Pw-Changed-Charlie-9174"
 TO_PASSWORD = "e2e-Pw-Offsite-Delta-6402"
 WRONG_PASSWORD = "e2e-Pw-Wrong-Echo-1139"
 
-KDF = "1024,8,1"  # cheap scrypt for tests; stored in the key files like any other parameters
+KDF = "1,1024,1"  # cheap Argon2id for tests; stored in the key files like any other parameters
 
 _SCRIPT = Path(sys.executable).parent / "stackvault"
 CLI: list[str] = ([str(_SCRIPT)] if _SCRIPT.is_file()

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from stackvault.errors import (
     IntegrityError,
-    RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
     UnsupportedFormat,
@@ -130,11 +129,11 @@ class TestKeyFiles:
         master = os.urandom(32)
         raw = kc.make_key_file(master, "pw", kc.TEST_KDF)
         doc = kc.parse_key_file(raw, "k")
-        for field in ("version", "kdf", "n", "r", "p", "salt", "data", "created",
+        for field in ("version", "kdf", "t", "m", "p", "salt", "data", "created",
                       "hostname", "username", "check"):
             assert field in doc
-        assert doc["kdf"] == "scrypt" and doc["version"] == 1
-        assert (doc["n"], doc["r"], doc["p"]) == (kc.TEST_KDF.n, kc.TEST_KDF.r, kc.TEST_KDF.p)
+        assert doc["kdf"] == "argon2id" and doc["version"] == 1
+        assert (doc["t"], doc["m"], doc["p"]) == (kc.TEST_KDF.t, kc.TEST_KDF.m, kc.TEST_KDF.p)
         assert master.hex() not in raw.decode() and kc.b64(master) not in raw.decode()
         assert kc.open_key_file(doc, "pw") == master
 
@@ -150,13 +149,13 @@ class TestKeyFiles:
             kc.open_key_file(doc, "PW")
 
     def test_kdf_params_come_from_the_key_file(self) -> None:
-        other = kc.KdfParams(n=2**9, r=4, p=1)
+        other = kc.KdfParams(t=2, m=2048, p=2)
         master = os.urandom(32)
         doc = kc.parse_key_file(kc.make_key_file(master, "pw", other), "k")
-        assert (doc["n"], doc["r"], doc["p"]) == (2**9, 4, 1)
+        assert (doc["t"], doc["m"], doc["p"]) == (2, 2048, 2)
         assert kc.open_key_file(doc, "pw") == master
 
-    @pytest.mark.parametrize("damage", ["data", "salt", "n", "check", "truncate", "garbage",
+    @pytest.mark.parametrize("damage", ["data", "salt", "t", "check", "truncate", "garbage",
                                         "not-utf8", "list"])
     def test_damaged_key_file_is_integrity_error(self, damage: str) -> None:
         raw = kc.make_key_file(os.urandom(32), "pw", kc.TEST_KDF)
@@ -169,8 +168,8 @@ class TestKeyFiles:
         elif damage == "salt":
             doc["salt"] = kc.b64(os.urandom(32))
             bad = json.dumps(doc).encode()
-        elif damage == "n":
-            doc["n"] = doc["n"] * 2
+        elif damage == "t":
+            doc["t"] = doc["t"] * 2
             bad = json.dumps(doc).encode()
         elif damage == "check":
             doc["check"] = "0" * 64
@@ -388,7 +387,7 @@ class TestUnencrypted:
         assert not repo.crypto.encrypted
         assert [o.name for o in repo.storage.list("keys/")] == []
         for pw in (None, PW):
-            with pytest.raises(RepositoryError, match="not encrypted") as ei:
+            with pytest.raises(UsageError, match="not encrypted") as ei:
                 Repository.open(repo.storage, pw)
             assert not isinstance(ei.value, WrongPassword)
         r = Repository.open(repo.storage, None, insecure_no_password=True)
@@ -416,7 +415,7 @@ class TestUnencrypted:
         replace_object(repo.storage, "config", json.dumps(forged).encode())
         for o in list(repo.storage.list("keys/")):
             repo.storage.delete(o.name)
-        with pytest.raises(RepositoryError, match="not encrypted"):
+        with pytest.raises(UsageError, match="not encrypted"):
             Repository.open(repo.storage, PW)
 
     def test_backup_restore_roundtrip(self, tmp_path: Path) -> None:

@@ -112,16 +112,16 @@ class Ctx:
                                insecure_no_password=self.opts.insecure_no_password)
 
     def kdf_from_env(self) -> KdfParams | None:
-        """STACKVAULT_KDF='n,r,p' overrides the default scrypt cost (tests, slow machines)."""
+        """STACKVAULT_KDF='t,m,p' overrides the default Argon2id cost (tests, slow machines)."""
         spec = self.opts.env.get("STACKVAULT_KDF")
         if not spec:
             return None
         try:
-            n, r, p = (int(x) for x in spec.split(","))
+            t, m, p = (int(x) for x in spec.split(","))
         except ValueError:
             raise UsageError(f"bad STACKVAULT_KDF {spec!r}",
-                             hint="use N,R,P e.g. 32768,8,4") from None
-        return KdfParams(n=n, r=r, p=p)
+                             hint="use T,M,P (passes, KiB, lanes), e.g. 3,65536,4") from None
+        return KdfParams(t=t, m=m, p=p)
 
     # ------------------------------------------------------------------ output
     def emit(self, data: Any) -> None:

@@ -45,7 +45,7 @@ def _option(args: list[str], *names: str) -> str | None:
 def start_key_prefetch(args: list[str], env: dict[str, str]) -> None:
     """Begin deriving the repository key on another core while the program finishes loading.
 
-    scrypt releases the GIL, so its ~0.3 s overlaps with importing the CLI. Only for passwords
+    Argon2id runs outside the GIL, so its ~0.2 s overlaps with importing the CLI. Only for passwords
     that can be read without side effects (the variable or a file); errors are ignored here
     and reported by the real open.
     """

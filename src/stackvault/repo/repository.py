@@ -429,7 +429,7 @@ def _exists(storage: Storage, name: str) -> bool:
 def prefetch_unlock(storage: Storage, password: str) -> None:
     """Derive the key-encryption keys of every key file, in the order ``_unlock`` tries them.
 
-    Run on a background thread at start-up: scrypt releases the GIL, so its ~0.3 s overlaps
+    Run on a background thread at start-up: Argon2id runs outside the GIL, so its ~0.2 s overlaps
     with importing the rest of the program. Errors are ignored; the real open reports them.
     """
     try:
