@@ -532,6 +532,7 @@ def run_tool(
 
     def step(name: str, cmd: list[str], stdin: Path | None = None, cwd: Path | None = None) -> None:
         prefix = logs / name
+        os.sync()  # start every timed step with no dirty pages left by the previous one
         try:
             m = run_child(cmd, env, prefix, args.timeout, stdin, cwd)
         except StepFailed as exc:

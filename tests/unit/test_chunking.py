@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+from concurrent.futures import Future
 
 import pytest
 
@@ -45,9 +46,11 @@ def test_chunks_independent_of_read_block(monkeypatch: pytest.MonkeyPatch, block
     seen: list[bytes] = []
 
     class Recorder:
-        def save(self, _type: int, chunk: memoryview) -> object:
+        def save(self, _type: int, chunk: memoryview) -> Future[bytes]:
             seen.append(bytes(chunk))
-            return None
+            done: Future[bytes] = Future()
+            done.set_result(b"")
+            return done
 
     arch = archiver.Archiver(repo, Recorder())  # type: ignore[arg-type]
     _futures, size = arch._chunk_stream(TrickleReader(data, seed=block))  # type: ignore[arg-type]

@@ -607,7 +607,8 @@ def build_pack(crypto: kc.Crypto, blobs: list[bytes], blob_type: int = DATA
         bid = blake3.blake3(data).digest()
         ids.append(bid)
         pb.add(bid, codec.encode(bid, data), len(data))
-    pid, raw, entries = pb.finish(crypto)
+    pid, view, entries = pb.finish(crypto)
+    raw = bytes(view)
     return pid, raw, entries, codec, ids
 
 

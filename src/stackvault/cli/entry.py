@@ -73,8 +73,26 @@ def start_key_prefetch(args: list[str], env: dict[str, str]) -> None:
     threading.Thread(target=run, daemon=True, name="sv-keyprefetch").start()
 
 
+def limit_malloc_arenas(arenas: int = 1) -> None:
+    """Cap glibc's per-thread malloc arenas before any thread starts.
+
+    With one arena per thread, the large short-lived buffers of the pipeline threads and
+    libargon2's lanes scatter over many arenas and peak memory grows by tens of MiB;
+    one arena keeps it flat at no measurable cost in speed (the heavy work runs in C
+    libraries outside the allocator). A no-op off glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return
+
+
 def main() -> None:
     """`stackvault`: start deriving the key on another core, then import and run the CLI."""
+    limit_malloc_arenas()
     start_key_prefetch(hoist_global_options(sys.argv[1:]), dict(os.environ))
     from stackvault.cli.main import main as run
 

@@ -16,6 +16,7 @@ import pyfastcdc
 from stackvault import __version__
 from stackvault.errors import UsageError
 from stackvault.progress import Progress, no_progress
+from stackvault.repo.buffers import BufferPool
 from stackvault.repo.crypto import _username
 from stackvault.repo.lock import Lock
 from stackvault.repo.pack import DATA, TREE
@@ -24,7 +25,7 @@ from stackvault.repo.snapshot import Snapshot, now
 from stackvault.repo.tree import DIR, FILE, SYMLINK, Node
 from stackvault.repo.writer import BlobWriter
 
-READ_BLOCK = 8 << 20
+READ_BLOCK = 4 << 20
 
 
 
@@ -53,6 +54,30 @@ def make_chunker(repo: Repository) -> pyfastcdc.FastCDC:
     )
 
 
+class _Block:
+    """A pooled read buffer and how many queued chunks still point into it."""
+
+    def __init__(self, pool: BufferPool) -> None:
+        self.pool = pool
+        self.buf = pool.take()
+        self._users = 1  # the reader itself, until it has cut the block and copied its tail
+        self._lock = threading.Lock()
+
+    def hold(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            free = self._users == 0
+        if free:
+            self.pool.give(self.buf)
+
+    def done(self, _future: Future[bytes]) -> None:
+        self.release()
+
+
 class _Pending:
     """A file node whose content futures are not resolved yet."""
 
@@ -75,6 +100,7 @@ class Archiver:
         self.progress = progress
         self.parent = parent
         self.chunker = make_chunker(repo)
+        self._blocks = BufferPool(READ_BLOCK + self.chunker.max_size, keep=4)
         self.errors: list[str] = []
         self.c = _Counters()
         self._last_progress = 0.0
@@ -91,23 +117,37 @@ class Archiver:
             })
 
     # ------------------------------------------------------------------ content
-    def _chunk_stream(self, f: BinaryIO) -> tuple[list[Future[bytes]], int]:
+    def _chunk_stream(self, f: BinaryIO, size_hint: int | None = None
+                      ) -> tuple[list[Future[bytes]], int]:
         """Queue every chunk of a stream; return the id futures and the bytes read.
 
-        The stream is read in large blocks that the chunks then point into (no copy per
-        chunk). The last chunk of a block may be cut differently once more data arrives, so
-        it is carried into the next block; every other cut is final (content or max size).
+        Small files are read whole. Streams and large files are read in large pooled blocks
+        that the chunks point into (no copy per chunk); a block goes back to the pool when
+        every chunk cut from it is stored. The last chunk of a block may be cut differently
+        once more data arrives, so it is carried into the next block; every other cut is
+        final (content or max size).
         """
         futures: list[Future[bytes]] = []
+        if size_hint is not None and size_hint < READ_BLOCK:
+            data = f.read()
+            for ch in self.chunker.cut_buf(data):
+                futures.append(self.writer.save(DATA, ch.data))
+            self.c.bytes_read += len(data)
+            self.c.total_size += len(data)
+            return futures, len(data)
         size = 0
         carry = memoryview(b"")
+        prev: _Block | None = None
         eof = False
         while not eof:
-            buf = bytearray(len(carry) + READ_BLOCK)
-            buf[: len(carry)] = carry
+            block = _Block(self._blocks)
+            view = memoryview(block.buf)
+            view[: len(carry)] = carry
             filled = len(carry)
-            view = memoryview(buf)
-            while filled < len(buf):
+            carry.release()
+            if prev is not None:
+                prev.release()  # its carried tail is copied: it may go back to the pool
+            while filled < len(view):
                 n = f.readinto(view[filled:])  # type: ignore[attr-defined]
                 if not n:
                     eof = True
@@ -120,7 +160,14 @@ class Archiver:
                     break
                 size += ch.length
                 self.c.bytes_read += ch.length
-                futures.append(self.writer.save(DATA, ch.data))
+                block.hold()
+                fut = self.writer.save(DATA, ch.data)
+                fut.add_done_callback(block.done)
+                futures.append(fut)
+            view.release()
+            prev = block
+        if prev is not None:
+            prev.release()
         self.c.total_size += size
         return futures, size
 
@@ -140,7 +187,7 @@ class Archiver:
             return node
         try:
             with open(path, "rb", buffering=0) as f:
-                futures, node.size = self._chunk_stream(f)
+                futures, node.size = self._chunk_stream(f, st.st_size)
                 st2 = os.fstat(f.fileno())
         except OSError as exc:
             self.errors.append(f"{path}: {exc.strerror or exc}")

@@ -104,31 +104,43 @@ class BlobCodec:
 
 
 class PackBuilder:
-    """Accumulates encoded blobs of one type into a pack body; not thread-safe."""
+    """Accumulates encoded blobs of one type into a pack body; not thread-safe.
 
-    def __init__(self, blob_type: int) -> None:
+    Blobs are written into ``buf`` (a reusable buffer from a pool, or a fresh one), which
+    grows only if a pack outgrows it.
+    """
+
+    def __init__(self, blob_type: int, buf: bytearray | None = None) -> None:
         self.type = blob_type
-        self.buf = bytearray()
+        self.buf = buf if buf is not None else bytearray()
+        self.size = 0
         self.entries: list[PackEntry] = []
 
+    def _write(self, data: bytes | memoryview) -> None:
+        end = self.size + len(data)
+        if end <= len(self.buf):
+            self.buf[self.size:end] = data
+        else:
+            del self.buf[self.size:]
+            self.buf += data
+        self.size = end
+
     def add(self, blob_id: bytes, stored: bytes, raw_length: int) -> None:
-        self.entries.append(
-            PackEntry(blob_id, self.type, len(self.buf), len(stored), raw_length)
-        )
-        self.buf += stored
+        self.entries.append(PackEntry(blob_id, self.type, self.size, len(stored), raw_length))
+        self._write(stored)
 
     def __len__(self) -> int:
-        return len(self.buf)
+        return self.size
 
-    def finish(self, crypto: Crypto) -> tuple[str, bytes, list[PackEntry]]:
-        """Return (pack id, pack bytes, entries)."""
+    def finish(self, crypto: Crypto) -> tuple[str, memoryview, list[PackEntry]]:
+        """Return (pack id, a view of the pack's bytes inside ``buf``, entries)."""
         header = b"".join(
             _ENTRY.pack(e.type, e.length, e.raw_length, e.id) for e in self.entries
         )
         sealed = crypto.seal(header, HEADER_AAD)
-        self.buf += sealed
-        self.buf += _TRAILER.pack(len(sealed))
-        data = bytes(self.buf)
+        self._write(sealed)
+        self._write(_TRAILER.pack(len(sealed)))
+        data = memoryview(self.buf)[: self.size]
         return blake3.blake3(data).hexdigest(), data, self.entries
 
 

@@ -97,7 +97,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, *, includes: list[str
     for fi, (dest, node) in enumerate(files):
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, node.size)
+            os.posix_fallocate(fd, 0, node.size) if node.size else None
         finally:
             os.close(fd)
         offset = 0

@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from stackvault.errors import ObjectExists
+from stackvault.repo.buffers import BufferPool
 from stackvault.repo.pack import DATA, TREE, PackBuilder, PackEntry
 from stackvault.repo.repository import INDEX_BATCH_ENTRIES as INDEX_FLUSH_ENTRIES
 from stackvault.repo.repository import Repository, pack_name
@@ -29,12 +30,15 @@ class BlobWriter:
     ``max_uploads`` packs wait for upload, so memory stays flat whatever the input size.
     """
 
-    def __init__(self, repo: Repository, workers: int | None = None, max_uploads: int = 2,
+    def __init__(self, repo: Repository, workers: int | None = None,
+                 max_uploads: int | None = None,
                  *, dedup_index: bool = True, index_new_packs: bool = True) -> None:
         """``dedup_index=False`` stores blobs even if the index knows them (prune's repack);
         ``index_new_packs=False`` leaves writing index documents to the caller, who finds
         the stored packs in ``written_packs``."""
         self.repo = repo
+        if max_uploads is None:  # the storage's own hint: 1 for local disk, more for S3
+            max_uploads = max(1, int(getattr(repo.storage, "parallel_uploads", 1)))
         self.dedup_index = dedup_index
         self.index_new_packs = index_new_packs
         self.written_packs: list[tuple[str, int, list[PackEntry]]] = []
@@ -42,11 +46,13 @@ class BlobWriter:
         self.workers = workers or max(2, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sv-blob")
         self._uploads = ThreadPoolExecutor(max_uploads, thread_name_prefix="sv-upload")
-        self._inflight = threading.BoundedSemaphore(self.workers * 3)
-        self._upload_slots = threading.BoundedSemaphore(max_uploads + 1)
+        self._inflight = threading.BoundedSemaphore(self.workers * 2)
+        self._upload_slots = threading.BoundedSemaphore(max_uploads)
         self._lock = threading.Lock()
         self._claimed: set[bytes] = set()
-        self._packers = {DATA: PackBuilder(DATA), TREE: PackBuilder(TREE)}
+        # Data packs are built in reused buffers; tree packs are usually tiny.
+        self._pack_buffers = BufferPool(repo.pack_size + (4 << 20) + (1 << 16), max_uploads + 2)
+        self._packers = {DATA: self._new_packer(DATA), TREE: self._new_packer(TREE)}
         self._upload_futures: list[Future[None]] = []
         self._unindexed: list[tuple[str, int, list[PackEntry]]] = []
         self._unindexed_entries = 0
@@ -100,33 +106,41 @@ class BlobWriter:
             self.stats.bytes_stored += len(stored)
             full = len(packer) >= repo.pack_size
             if full:
-                self._packers[blob_type] = PackBuilder(blob_type)
+                self._packers[blob_type] = self._new_packer(blob_type)
         if full:
             self._ship(packer)
+
+    def _new_packer(self, blob_type: int) -> PackBuilder:
+        return PackBuilder(blob_type, self._pack_buffers.take() if blob_type == DATA else None)
 
     def _ship(self, packer: PackBuilder) -> None:
         self._check_error()
         pack_id, data, entries = packer.finish(self.repo.crypto)
         self._upload_slots.acquire()
-        fut = self._uploads.submit(self._upload, pack_id, data, entries)
+        fut = self._uploads.submit(self._upload, pack_id, data, entries, packer.buf)
         fut.add_done_callback(lambda _f: self._upload_slots.release())
         with self._lock:
             self._upload_futures.append(fut)
 
-    def _upload(self, pack_id: str, data: bytes, entries: list[PackEntry]) -> None:
+    def _upload(self, pack_id: str, data: memoryview, entries: list[PackEntry],
+                buf: bytearray) -> None:
         try:
+            size = len(data)
             try:
                 self.repo.storage.put(pack_name(pack_id), data)
             except ObjectExists:
                 pass  # identical pack (same bytes) already stored
-            self.repo.index.add_pack(pack_id, len(data), entries)
+            data.release()
+            if entries and entries[0].type == DATA:
+                self._pack_buffers.give(buf)
+            self.repo.index.add_pack(pack_id, size, entries)
             flush: list[tuple[str, int, list[PackEntry]]] = []
             with self._lock:
                 self.stats.packs += 1
-                self.written_packs.append((pack_id, len(data), entries))
+                self.written_packs.append((pack_id, size, entries))
                 if not self.index_new_packs:
                     return
-                self._unindexed.append((pack_id, len(data), entries))
+                self._unindexed.append((pack_id, size, entries))
                 self._unindexed_entries += len(entries)
                 if self._unindexed_entries >= INDEX_FLUSH_ENTRIES:
                     flush, self._unindexed = self._unindexed, []
@@ -155,9 +169,11 @@ class BlobWriter:
         for blob_type in (DATA, TREE):
             with self._lock:
                 packer = self._packers[blob_type]
-                self._packers[blob_type] = PackBuilder(blob_type)
+                self._packers[blob_type] = self._new_packer(blob_type)
             if packer.entries:
                 self._ship(packer)
+            elif blob_type == DATA:
+                self._pack_buffers.give(packer.buf)
         with self._lock:
             futures, self._upload_futures = self._upload_futures, []
         for f in futures:

@@ -80,7 +80,7 @@ class LocalStorage:
 
     # --- Storage ---------------------------------------------------------------------
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         final = self._path(name)
         tmp_dir = self.root / TMP_DIR
         tmp = tmp_dir / f"{secrets.token_hex(12)}.tmp"

@@ -50,7 +50,7 @@ class MemoryStorage:
     def location(self) -> str:
         return f"memory:{self._name}"
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         check_name(name)
         blob = bytes(data)
         parents = _parents(name)

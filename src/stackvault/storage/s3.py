@@ -131,6 +131,10 @@ class S3Storage:
         if create_bucket:
             self.ensure_bucket()
 
+    # Object stores answer with latency, not bandwidth, per request: keep several packs in
+    # flight. (Local disk needs one: more only adds buffered packs to peak memory.)
+    parallel_uploads = 4
+
     @property
     def location(self) -> str:
         from stackvault.storage import redact_url
@@ -189,8 +193,10 @@ class S3Storage:
 
     # --- Storage ---------------------------------------------------------------------
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         key = self._key(name)
+        if not isinstance(data, bytes):
+            data = bytes(data)  # botocore wants bytes (a pack arrives as a view of a buffer)
         try:
             self._client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
         except ClientError as e:

@@ -58,6 +58,10 @@ class RetryStorage:
         self._rng = rng or random.Random()
 
     @property
+    def parallel_uploads(self) -> int:
+        return int(getattr(self.inner, "parallel_uploads", 1))
+
+    @property
     def location(self) -> str:
         return self.inner.location
 
@@ -90,7 +94,7 @@ class RetryStorage:
             "storage service, then run the command again",
         )
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         failed_before = False
 
         def attempt() -> None:
@@ -107,7 +111,7 @@ class RetryStorage:
 
         self.call("put", name, attempt)
 
-    def _same_object(self, name: str, data: bytes) -> bool:
+    def _same_object(self, name: str, data: bytes | memoryview) -> bool:
         try:
             if self.inner.stat(name).size != len(data):
                 return False
@@ -158,10 +162,14 @@ class ReadOnlyStorage:
         self.inner = inner
 
     @property
+    def parallel_uploads(self) -> int:
+        return int(getattr(self.inner, "parallel_uploads", 1))
+
+    @property
     def location(self) -> str:
         return self.inner.location
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         raise errors.ReadOnlyStorage(f"cannot store {name!r}: {self.location} is opened read-only")
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -220,6 +228,10 @@ class FaultyStorage:
         self.injected: dict[str, int] = dict.fromkeys(ALL_OPS, 0)
 
     @property
+    def parallel_uploads(self) -> int:
+        return int(getattr(self.inner, "parallel_uploads", 1))
+
+    @property
     def location(self) -> str:
         return self.inner.location
 
@@ -254,7 +266,7 @@ class FaultyStorage:
             raise TransientStorageError(f"injected timeout after {op} {name!r} was carried out")
         return result
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         self._run("put", name, lambda: self.inner.put(name, data))
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
