@@ -333,7 +333,7 @@ class TestConfig:
     def test_default_config(self) -> None:
         repo = Repository.init(MemoryStorage(), PW, kdf=kc.TEST_KDF)
         ch = repo.config["chunker"]
-        assert (ch["min"], ch["avg"], ch["max"]) == (128 << 10, 512 << 10, 4 << 20)
+        assert (ch["min"], ch["avg"], ch["max"]) == (256 << 10, 384 << 10, 4 << 20)
         assert repo.pack_size == 16 << 20
 
     def test_config_is_encrypted(self) -> None:

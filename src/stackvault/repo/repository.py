@@ -34,7 +34,7 @@ from stackvault.repo.tree import Node, decode_tree, encode_tree
 from stackvault.storage.base import Storage
 
 FORMAT_VERSION = 1
-DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min": 128 << 10, "avg": 512 << 10, "max": 4 << 20}
+DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min": 256 << 10, "avg": 384 << 10, "max": 4 << 20}
 DEFAULT_PACK_SIZE = 16 << 20
 INDEX_BATCH_ENTRIES = 50_000  # blobs per index document
 IO_THREADS = 8  # parallel small reads (index/snapshot documents) against remote storage
