@@ -25,7 +25,24 @@ T = TypeVar("T")
 ALL_OPS = ("put", "get", "stat", "list", "delete")
 
 
-class RetryStorage:
+class _Wrapper:
+    """What every wrapper passes through unchanged from the storage it wraps."""
+
+    inner: Storage
+
+    @property
+    def parallel_uploads(self) -> int:
+        return int(getattr(self.inner, "parallel_uploads", 1))
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RetryStorage(_Wrapper):
     """Retries TransientStorageError with exponential backoff and jitter.
 
     Attempt ``n`` (from 1) that fails waits ``min(max_delay, base_delay * 2**(n-1))``
@@ -57,13 +74,6 @@ class RetryStorage:
         self._sleep = sleep
         self._rng = rng or random.Random()
 
-    @property
-    def parallel_uploads(self) -> int:
-        return int(getattr(self.inner, "parallel_uploads", 1))
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def delay(self, failures: int) -> float:
         """How long to wait after the ``failures``-th consecutive failure."""
@@ -151,23 +161,14 @@ class RetryStorage:
     def delete(self, name: str) -> None:
         self.call("delete", name, lambda: self.inner.delete(name))
 
-    def close(self) -> None:
-        self.inner.close()
 
 
-class ReadOnlyStorage:
+class ReadOnlyStorage(_Wrapper):
     """Refuses put and delete with errors.ReadOnlyStorage; reads pass through."""
 
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
 
-    @property
-    def parallel_uploads(self) -> int:
-        return int(getattr(self.inner, "parallel_uploads", 1))
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         raise errors.ReadOnlyStorage(f"cannot store {name!r}: {self.location} is opened read-only")
@@ -184,11 +185,8 @@ class ReadOnlyStorage:
     def delete(self, name: str) -> None:
         raise errors.ReadOnlyStorage(f"cannot delete {name!r}: {self.location} is opened read-only")
 
-    def close(self) -> None:
-        self.inner.close()
 
-
-class FaultyStorage:
+class FaultyStorage(_Wrapper):
     """Injects TransientStorageError, deterministically from a seeded RNG. For tests.
 
     - ``fail_rate``: probability that a call fails before reaching the inner storage.
@@ -227,13 +225,6 @@ class FaultyStorage:
         self.calls: dict[str, int] = dict.fromkeys(ALL_OPS, 0)
         self.injected: dict[str, int] = dict.fromkeys(ALL_OPS, 0)
 
-    @property
-    def parallel_uploads(self) -> int:
-        return int(getattr(self.inner, "parallel_uploads", 1))
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def _decide(self, op: str) -> str | None:
         """'fail' (before the call), 'timeout' (after it) or None."""
@@ -287,9 +278,6 @@ class FaultyStorage:
 
     def delete(self, name: str) -> None:
         self._run("delete", name, lambda: self.inner.delete(name))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _first_line(e: BaseException) -> str:
