@@ -6,9 +6,9 @@ import fnmatch
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -210,6 +210,18 @@ def find_node(repo: Repository, snap: Snapshot, path: str) -> Node:
                            hint="list its contents with `stackvault ls`")
 
 
+def iter_content(repo: Repository, content: list[str], window: int = 8) -> Iterator[bytes]:
+    """A file's blobs in order, loading up to ``window`` ahead on a few threads."""
+    with ThreadPoolExecutor(4, thread_name_prefix="sv-read") as pool:
+        pending: deque[Future[bytes]] = deque()
+        for h in content:
+            pending.append(pool.submit(repo.load_blob, bytes.fromhex(h)))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def dump(repo: Repository, snap: Snapshot, path: str, out: BinaryIO) -> int:
     """Write one file's content to ``out`` in order, reading ahead on a few threads."""
     node = find_node(repo, snap, path)
@@ -217,8 +229,7 @@ def dump(repo: Repository, snap: Snapshot, path: str, out: BinaryIO) -> int:
         raise SnapshotNotFound(f"{path!r} is a {node.type}, not a file",
                                hint="give the path of a file")
     written = 0
-    with ThreadPoolExecutor(4) as ex:
-        for data in ex.map(lambda h: repo.load_blob(bytes.fromhex(h)), node.content):
-            out.write(data)
-            written += len(data)
+    for data in iter_content(repo, node.content):
+        out.write(data)
+        written += len(data)
     return written
