@@ -120,3 +120,23 @@ class UnsupportedFormat(RepositoryError):
 
 class SnapshotNotFound(RepositoryError):
     exit_code = ExitCode.USAGE
+
+
+# --- data sources ------------------------------------------------------------------------
+
+
+class SourceError(StackVaultError):
+    """A data source (database, folder, service) could not be read, backed up or restored."""
+
+
+class SourceUnavailable(SourceError):
+    """The store could not be reached or opened (missing file, server down, no permission)."""
+
+
+class SourceInUse(SourceError):
+    """A restore target is in use by another process; stop it first, or force the restore."""
+
+
+class SourceCorrupt(SourceError):
+    """Data failed a store-native check (e.g. PRAGMA integrity_check) or its artifact's
+    SHA-256; nothing was written from it."""

@@ -24,13 +24,20 @@ def backup(
     stdin_name: str = typer.Option("stdin", "--stdin-name", help="File name for --stdin data."),
     parent: str = typer.Option(None, "--parent", help="Snapshot whose metadata decides which "
                                "files are unchanged (default: the latest of this host+paths)."),
+    component: list[str] = typer.Option([], "--component", help="Stack backup: only this "
+                                        "component of stackvault.yaml (repeatable)."),
 ) -> None:
-    """Back up files and folders (or standard input) into a new snapshot."""
+    """Back up the stack of stackvault.yaml (no paths), or files, folders or standard input."""
     c: Ctx = ctx.obj
     if stdin and paths:
         raise UsageError("give either paths or --stdin, not both")
     if not stdin and not paths:
-        raise UsageError("nothing to back up", hint="give one or more paths, or --stdin")
+        from stackvault.cli.cmd_stack import stack_backup
+
+        stack_backup(c, component, tag, host)
+        return
+    if component:
+        raise UsageError("--component is for stack backups (without paths)")
     if stdin and ("/" in stdin_name or stdin_name in ("", ".", "..")):
         raise UsageError(f"bad --stdin-name {stdin_name!r}", hint="use a plain file name")
     repo = c.open_repo()

@@ -28,10 +28,19 @@ def register(app: typer.Typer) -> None:
 def init(ctx: typer.Context) -> None:
     """Create a new, empty repository (encrypted unless --insecure-no-password)."""
     c: Ctx = ctx.obj
-    storage = open_storage(c.repo_url(c.opts.repo), create=True)
-    password = None if c.opts.insecure_no_password else c.password(
-        file=c.opts.password_file, command=c.opts.password_command, confirm=True,
-        prompt="new repository password")
+    stack = None if c.opts.repo or "STACKVAULT_REPOSITORY" in c.opts.env else c.stack_config()
+    if stack is not None:  # the repository (and password source) named in stackvault.yaml
+        from stackvault.cli.cmd_stack import stack_repo_settings
+
+        url, password = stack_repo_settings(c, stack)
+        if not c.opts.insecure_no_password and not password:
+            raise UsageError("an empty password is not allowed")
+    else:
+        url = c.repo_url(c.opts.repo)
+        password = None if c.opts.insecure_no_password else c.password(
+            file=c.opts.password_file, command=c.opts.password_command, confirm=True,
+            prompt="new repository password")
+    storage = open_storage(url, create=True)
     repo = Repository.init(storage, password, kdf=c.kdf_from_env())
     if c.opts.json:
         c.emit({"id": repo.id, "location": storage.location, "encrypted": password is not None})

@@ -36,6 +36,7 @@ class Options:
     """Global options, from flags or the environment (flags win)."""
 
     repo: str | None = None
+    config: str | None = None  # -c/--config: the stack's config file (see config/loader.py)
     password_file: str | None = None
     password_command: str | None = None
     insecure_no_password: bool = False
@@ -105,11 +106,26 @@ class Ctx:
         )
 
     def open_repo(self, url: str | None = None) -> Repository:
+        if not (url or self.opts.repo or self.opts.env.get("STACKVAULT_REPOSITORY")):
+            stack = self.stack_config()
+            if stack is not None:  # the repository named in stackvault.yaml
+                from stackvault.cli.cmd_stack import open_stack_repo
+
+                return open_stack_repo(self, stack)
         storage = open_storage(self.repo_url(url or self.opts.repo))
         password = None if self.opts.insecure_no_password else self.password(
             file=self.opts.password_file, command=self.opts.password_command)
         return Repository.open(storage, password,
                                insecure_no_password=self.opts.insecure_no_password)
+
+    def stack_config(self) -> object | None:
+        """The stack config if one is named (-c, STACKVAULT_CONFIG) or in this folder."""
+        if not (self.opts.config or self.opts.env.get("STACKVAULT_CONFIG")
+                or os.path.exists("stackvault.yaml")):
+            return None
+        from stackvault.cli.cmd_stack import load_stack_config
+
+        return load_stack_config(self)[0]
 
     def kdf_from_env(self) -> KdfParams | None:
         """STACKVAULT_KDF='t,m,p' overrides the default Argon2id cost (tests, slow machines)."""

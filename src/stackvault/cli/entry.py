@@ -7,7 +7,8 @@ import sys
 import threading
 
 GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--insecure-no-password", "--traceback"}
-GLOBAL_OPTIONS = {"--repo", "-r", "--password-file", "--password-command", "--retry-lock"}
+GLOBAL_OPTIONS = {"--repo", "-r", "--config", "-c", "--password-file", "--password-command",
+                  "--retry-lock"}
 
 
 def hoist_global_options(args: list[str]) -> list[str]:

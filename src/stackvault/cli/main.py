@@ -10,7 +10,16 @@ from typing import Any
 import typer
 
 from stackvault import __version__
-from stackvault.cli import cmd_backup, cmd_browse, cmd_demo, cmd_maintain, cmd_repo, cmd_restore
+from stackvault.cli import (
+    cmd_backup,
+    cmd_browse,
+    cmd_config,
+    cmd_demo,
+    cmd_maintain,
+    cmd_repo,
+    cmd_restore,
+    cmd_stack,
+)
 from stackvault.cli.context import Ctx, Options
 from stackvault.cli.entry import hoist_global_options
 from stackvault.errors import ExitCode, Interrupted, StackVaultError
@@ -37,6 +46,8 @@ def main_options(
     repo: str = typer.Option(None, "--repo", "-r", help="Repository location (or set "
                              "STACKVAULT_REPOSITORY): a path, s3:http://host:port/bucket/prefix, "
                              "s3://bucket/prefix."),
+    config: str = typer.Option(None, "--config", "-c", help="The stack's config file (or set "
+                               "STACKVAULT_CONFIG; default ./stackvault.yaml)."),
     password_file: str = typer.Option(None, "--password-file", help="Read the password from "
                                       "this file (or STACKVAULT_PASSWORD_FILE)."),
     password_command: str = typer.Option(None, "--password-command", help="Run this command "
@@ -54,14 +65,16 @@ def main_options(
 ) -> None:
     from stackvault.cli.cmd_maintain import parse_seconds
 
-    ctx.obj = Ctx(Options(repo=repo, password_file=password_file,
+    ctx.obj = Ctx(Options(repo=repo, config=config, password_file=password_file,
                           password_command=password_command,
                           insecure_no_password=insecure_no_password, json=json_out,
                           quiet=quiet, retry_lock=parse_seconds(retry_lock),
                           traceback=show_traceback))
 
 
-for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_demo):
+for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_config,
+               cmd_stack,
+               cmd_demo):
     module.register(app)
 
 

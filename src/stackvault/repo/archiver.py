@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -100,6 +102,11 @@ class Archiver:
         self.progress = progress
         self.parent = parent
         self.chunker = make_chunker(repo)
+        # Optional exclusion (relative POSIX path below ``exclude_root`` -> skip it), and
+        # whether sockets, FIFOs and devices are skipped silently instead of reported.
+        self.exclude: Callable[[str], bool] | None = None
+        self.exclude_root = ""
+        self.skip_special_quietly = False
         self._blocks = BufferPool(READ_BLOCK + self.chunker.max_size, keep=4)
         self.errors: list[str] = []
         self.c = _Counters()
@@ -117,7 +124,7 @@ class Archiver:
             })
 
     # ------------------------------------------------------------------ content
-    def _chunk_stream(self, f: BinaryIO, size_hint: int | None = None
+    def _chunk_stream(self, f: BinaryIO | io.RawIOBase, size_hint: int | None = None
                       ) -> tuple[list[Future[bytes]], int]:
         """Queue every chunk of a stream; return the id futures and the bytes read.
 
@@ -148,7 +155,7 @@ class Archiver:
             if prev is not None:
                 prev.release()  # its carried tail is copied: it may go back to the pool
             while filled < len(view):
-                n = f.readinto(view[filled:])  # type: ignore[attr-defined]
+                n = f.readinto(view[filled:])  # type: ignore[union-attr]
                 if not n:
                     eof = True
                     break
@@ -222,6 +229,9 @@ class Archiver:
             entries = []
         items: list[Node | _Pending] = []
         for entry in entries:
+            if self.exclude is not None and self.exclude(
+                    os.path.relpath(entry.path, self.exclude_root).replace(os.sep, "/")):
+                continue
             node = self._entry(entry.path, entry.name, old_nodes.get(entry.name))
             if node is not None:
                 items.append(node)
@@ -249,7 +259,8 @@ class Archiver:
                 return None
             return Node(name=name, type=SYMLINK, mode=stat.S_IMODE(mode),
                         mtime_ns=st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid, target=target)
-        self.errors.append(f"{path}: skipped (not a file, folder or symlink)")
+        if not self.skip_special_quietly:
+            self.errors.append(f"{path}: skipped (not a file, folder or symlink)")
         return None
 
     def _save_tree(self, items: list[Node | _Pending]) -> str:

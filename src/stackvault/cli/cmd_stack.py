@@ -1,0 +1,196 @@
+"""Stack commands: `backup` and `restore` of the components in stackvault.yaml, and `export`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from stackvault.cli.context import Ctx, human
+from stackvault.errors import PartialFailure, UsageError
+from stackvault.repo.repository import Repository
+from stackvault.storage import open_storage
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+
+
+def load_stack_config(c: Ctx) -> tuple[Any, str]:
+    """The stack config (from -c, STACKVAULT_CONFIG or ./stackvault.yaml) and its SHA-256."""
+    from stackvault.config.loader import find_config, load_config
+
+    path = find_config(c.opts.config, c.opts.env)
+    return load_config(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def stack_repo_settings(c: Ctx, config: Any) -> tuple[str, str | None]:
+    """Repository location and password: flags and environment first, else the config's."""
+    url = c.opts.repo or c.opts.env.get("STACKVAULT_REPOSITORY") or config.repository.location
+    env = c.opts.env
+    from_cli = (c.opts.password_file or c.opts.password_command
+                or any(k in env for k in ("STACKVAULT_PASSWORD", "STACKVAULT_PASSWORD_FILE",
+                                          "STACKVAULT_PASSWORD_COMMAND")))
+    if c.opts.insecure_no_password:
+        return url, None
+    if from_cli:
+        return url, c.password(file=c.opts.password_file, command=c.opts.password_command)
+    return url, _config_password(config.repository, env)
+
+
+def open_stack_repo(c: Ctx, config: Any) -> Repository:
+    url, password = stack_repo_settings(c, config)
+    return Repository.open(open_storage(url), password,
+                           insecure_no_password=c.opts.insecure_no_password)
+
+
+def _config_password(r: Any, env: dict[str, str]) -> str:
+    if r.password_file is not None:
+        try:
+            with open(r.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read the password file named in the config: "
+                             f"{exc.strerror}") from None
+    if r.password_command is not None:
+        cmd = r.password_command
+        proc = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UsageError(f"the config's password_command failed (exit {proc.returncode})")
+        return proc.stdout.splitlines()[0] if proc.stdout else ""
+    var = r.password_env or "STACKVAULT_PASSWORD"
+    if var not in env:
+        raise UsageError(f"the repository password is not set: the config reads it from ${var}",
+                         hint=f"export {var}=... (or use password_file in the config)")
+    return env[var]
+
+
+def stack_backup(c: Ctx, components: list[str], tags: list[str], host: str | None) -> None:
+    from stackvault.ops.stack_backup import backup_stack
+
+    config, digest = load_stack_config(c)
+    repo = open_stack_repo(c, config)
+    with c.progress("backup") as progress:
+        res = backup_stack(repo, config, components=components or None, tags=tags,
+                           hostname=host, progress=progress, retry_lock=c.opts.retry_lock,
+                           config_sha256=digest)
+    snap = res.snapshot
+    if c.opts.json:
+        c.emit({"snapshot": snap.id, "complete": res.complete,
+                "components": {o.name: {"ok": o.ok, "error": o.error,
+                                        "seconds": round((o.finished - o.started)
+                                                         .total_seconds(), 3)}
+                               for o in res.components},
+                "summary": snap.summary})
+    else:
+        for o in res.components:
+            took = (o.finished - o.started).total_seconds()
+            if o.ok:
+                size = sum(a.get("size", 0) for a in o.manifest.get("artifacts", []))
+                c.info(f"  {o.name:<16} ok      {human(size):>10}  {took:6.2f}s")
+            else:
+                c.err.print(f"  {o.name:<16} FAILED  {o.error}", markup=False)
+        c.info(f"stack snapshot {snap.short_id} saved "
+               f"({human(snap.summary['data_added_stored'])} added)")
+    if not res.complete:
+        raise PartialFailure(
+            f"snapshot {snap.short_id} is incomplete: "
+            + ", ".join(o.name for o in res.components if not o.ok) + " failed",
+            hint="it is tagged 'partial'; fix the failure and back up again")
+
+
+def stack_restore(c: Ctx, snapshot: str, components: list[str], to: list[str],
+                  at: str | None, dry_run: bool, yes: bool, no_safety: bool,
+                  force: bool) -> None:
+    from stackvault.ops.stack_restore import plan_restore, raise_if_failed, restore_stack
+
+    config, _digest = load_stack_config(c)
+    repo = open_stack_repo(c, config)
+    targets: dict[str, str] = {}
+    for item in to:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise UsageError(f"bad --to {item!r}", hint="use --to NAME=TARGET")
+        targets[name] = value
+    when = None
+    if at:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise UsageError(f"bad --at {at!r}",
+                             hint="use an ISO time, e.g. 2026-11-21T23:00") from None
+        if when.tzinfo is None:
+            when = when.astimezone()
+    plan = plan_restore(repo, config, ref=snapshot, at=when, selectors=components,
+                        to=targets)
+    if c.opts.json and dry_run:
+        c.emit({"dry_run": True, "plan": plan.to_dict()})
+        return
+    if not c.opts.json or not yes:
+        c.out.print(f"restore plan from stack snapshot {plan.snapshot.short_id} "
+                    f"({plan.snapshot.time.astimezone():%Y-%m-%d %H:%M:%S}):", markup=False)
+        for layer_no, layer in enumerate(plan.layers, 1):
+            for s in layer:
+                tables = f" tables {', '.join(s.tables)}" if s.tables else ""
+                c.out.print(f"  {layer_no}. {s.component} ({s.type}){tables} -> "
+                            f"{s.target_description}", markup=False)
+        if plan.overwrites() and not no_safety:
+            c.out.print("  a safety snapshot of "
+                        + ", ".join(s.component for s in plan.overwrites())
+                        + " is taken first", markup=False)
+    if dry_run:
+        c.info("dry run: nothing was changed")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("a restore overwrites data and needs confirmation",
+                             hint="run it on a terminal, or pass --yes")
+        if not typer.confirm("go ahead?", default=False):
+            raise UsageError("restore cancelled; nothing was changed")
+    with c.progress("restore") as progress:
+        report = restore_stack(repo, config, plan, safety=not no_safety, force=force,
+                               progress=progress, retry_lock=c.opts.retry_lock)
+    if c.opts.json:
+        c.emit(report.to_dict())
+    else:
+        if report.safety_snapshot:
+            c.info(f"safety snapshot {report.safety_snapshot[:8]} (the state before)")
+        for o in report.outcomes:
+            state = ("ok, verified" if o.ok and o.verified else
+                     "restored, NOT verified" if o.ok else "FAILED")
+            c.info(f"  {o.component:<16} {state:<22} {o.seconds:6.2f}s")
+            for d in o.differences[:5] + ([o.error] if o.error else []):
+                c.err.print(f"    {d}", markup=False)
+        c.info(f"restore took {report.seconds:.2f}s (measured RTO)")
+    raise_if_failed(report)
+
+
+def export(
+    ctx: typer.Context,
+    snapshot: str = typer.Argument("latest", help="Stack snapshot id (prefix) or 'latest'."),
+    component: str = typer.Option(..., "--component", help="The component to export."),
+    out: str = typer.Option(..., "--out", help="A new or empty folder to write into."),
+) -> None:
+    """Write a component's artifacts as plain files plus a SHA256SUMS (`sha256sum -c`)."""
+    from stackvault.ops.export import export_component
+    from stackvault.ops.stack_restore import pick_snapshot
+
+    c: Ctx = ctx.obj
+    if c.opts.repo or "STACKVAULT_REPOSITORY" in c.opts.env:
+        repo = c.open_repo()
+    else:
+        config, _d = load_stack_config(c)
+        repo = open_stack_repo(c, config)
+    snap = pick_snapshot(repo, snapshot, None, [component])
+    result = export_component(repo, snap, component, Path(out))
+    if c.opts.json:
+        c.emit(result)
+    else:
+        c.info(f"exported {component} of snapshot {snap.short_id}: {result['files']} file(s) "
+               f"in {out}; check with: (cd {os.fspath(out)} && sha256sum -c SHA256SUMS)")

@@ -1,0 +1,1 @@
+"""The stack's declarative configuration (`stackvault.yaml`): schema, loader, example, docs."""

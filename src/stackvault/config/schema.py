@@ -1,0 +1,704 @@
+"""The schema of stackvault.yaml (pydantic v2): the one source of validation, example and docs."""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from stackvault.errors import ConfigError
+
+CONFIG_VERSION = 1
+DEFAULT_PASSWORD_ENV = "STACKVAULT_PASSWORD"
+
+# Loc of a problem, relative to the model that found it (pydantic prefixes the parents).
+Loc = tuple[str | int, ...]
+
+
+class TypeDoc:
+    """Annotated marker: how the docs and the example name a field's type."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"TypeDoc({self.name!r})"
+
+
+def _error(kind: str, message: str) -> PydanticCustomError:
+    # No context: the message is used as is (braces in it are not a template).
+    return PydanticCustomError(kind, message)
+
+
+# --------------------------------------------------------------------------- durations
+
+_DURATION = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+_DURATION_HINT = "e.g. 90s, 15m, 4h, 1d, 1h30m (units: s, m, h, d, w)"
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '4h', '1d', '2w', '1h30m' -> seconds. A bare number is refused: no unit
+    is a guess, and a wrong guess in an RTO target is off by 60x."""
+    m = _DURATION.fullmatch(text.strip())
+    if not text.strip() or m is None:
+        raise ValueError(f"'{text}' is not a duration; {_DURATION_HINT}")
+    return sum(int(g) * unit for g, (_, unit) in zip(m.groups(), _UNITS, strict=True) if g)
+
+
+def format_duration(seconds: int) -> str:
+    """Seconds -> the shortest duration text: 5400 -> '1h30m', 0 -> '0s'."""
+    if seconds <= 0:
+        return "0s"
+    out = []
+    for suffix, unit in _UNITS:
+        if seconds >= unit:
+            out.append(f"{seconds // unit}{suffix}")
+            seconds %= unit
+    return "".join(out)
+
+
+def _from_file(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("from_file"))
+
+
+def _duration(value: Any, info: ValidationInfo) -> int:
+    """Text with units; from code also an int of seconds (the model's unit). A bare number
+    in a file is refused: is `rto: 15` minutes or seconds?"""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _error("duration_type", f"a duration is text such as {_DURATION_HINT}")
+    if isinstance(value, int):
+        if _from_file(info):
+            raise _error("duration_unit", f"a duration needs a unit: {_DURATION_HINT}")
+        if value <= 0:
+            raise _error("duration", "a duration must be longer than 0s")
+        return value
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise _error("duration", str(exc)) from None
+    if seconds <= 0:
+        raise _error("duration", "a duration must be longer than 0s")
+    return seconds
+
+
+# Seconds in the model; text again when dumped, so that a dump validates back.
+Duration = Annotated[int, BeforeValidator(_duration),
+                     PlainSerializer(lambda s: format_duration(s), return_type=str),
+                     TypeDoc("duration")]
+
+# --------------------------------------------------------------------------- names, paths
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.fullmatch(value):
+        raise _error("component_name", "a component name uses only a-z, 0-9, '_' and '-', "
+                     "starts with a letter or digit and has at most 63 characters")
+    return value
+
+
+def _env_name(value: str) -> str:
+    # Never echo the value: a password pasted here by mistake must not end up in the output.
+    if not _ENV_RE.fullmatch(value):
+        raise _error("env_name", "must be the NAME of an environment variable (letters, digits "
+                     "and '_', not starting with a digit), not a secret value")
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_RE.fullmatch(value):
+        raise _error("header_name", "not a valid HTTP header name")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise _error("empty", "must not be empty")
+    return value
+
+
+def _path_text(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise _error("empty", "a path must not be empty")
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """`~` is the home folder; a relative path is relative to the config file's folder."""
+    value = value.expanduser()
+    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value
+
+
+def _command(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.strip():
+            return value
+    elif isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return value
+    raise _error("command", "a command is a non-empty string (run by the shell) or a "
+                 "non-empty list of strings (the program and its arguments, no shell)")
+
+
+Name = Annotated[str, AfterValidator(_name), TypeDoc("name")]
+EnvName = Annotated[str, AfterValidator(_env_name), TypeDoc("env var name")]
+HeaderName = Annotated[str, AfterValidator(_header_name), TypeDoc("header name")]
+NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
+ConfigPath = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_resolve_path),
+                       TypeDoc("path")]
+Command = Annotated[str | list[str], BeforeValidator(_command),
+                    TypeDoc("string or list of strings")]
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
+_USERINFO = re.compile(r"://[^/?#]*@")
+_LOCATION_FORMS = ("a folder (/srv/backup, local:PATH), s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] "
+                   "or s3://BUCKET[/PREFIX]")
+
+
+def _location(value: str, info: ValidationInfo) -> str:
+    if not value.strip():
+        raise _error("location", f"the repository location is empty; use {_LOCATION_FORMS}")
+    if _USERINFO.search(value):
+        raise _error("secret_in_config", "credentials do not belong in the location: S3 keys "
+                     "come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile")
+    m = _SCHEME.match(value)
+    if m is None:
+        return str(_resolve_path(Path(value), info))
+    scheme, rest = m.group(1).lower(), m.group(2)
+    if scheme == "local" and rest:
+        return f"local:{_resolve_path(Path(rest), info)}"
+    if scheme not in ("local", "memory", "s3") or not rest:
+        raise _error("location", f"unsupported repository location; use {_LOCATION_FORMS}")
+    return value
+
+
+Location = Annotated[str, AfterValidator(_location), TypeDoc("location")]
+
+# --------------------------------------------------------------------------- base model
+
+# Keys refused wherever they appear (also `db_password`, `api_token`, ...): a secret written
+# in the file ends up in backups of the file, in version control and in support tickets.
+SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "access_key")
+
+
+def _looks_secret(key: str) -> bool:
+    """`password`, `db_password`, `api-token`...; not `password_env` & co., which name where
+    a secret is (a misplaced one is just an unknown key)."""
+    key = key.lower().replace("-", "_")
+    return (any(w in key for w in SECRET_WORDS)
+            and not key.endswith(("_env", "_file", "_command")))
+
+
+def _problems_error(title: str, problems: list[InitErrorDetails]) -> ValidationError:
+    return ValidationError.from_exception_data(title, problems)
+
+
+def _redetail(exc: ValidationError) -> list[InitErrorDetails]:
+    """A ValidationError's errors, re-raisable together with more (inputs not carried: they
+    may be secrets)."""
+    return [InitErrorDetails(type=_error(e["type"], e["msg"]), loc=tuple(e["loc"]),
+                             input=None) for e in exc.errors()]
+
+
+class _Model(BaseModel):
+    """Every section: unknown keys rejected; secrets refused; cross-field checks that run on
+    the raw input so that they are reported together with every other error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret_advice: ClassVar[str] = ("secrets are never written in stackvault.yaml: name an "
+                                    "environment variable or a file that holds them")
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        """Problems that span fields, found on the raw mapping (lenient about bad types,
+        which the fields report themselves)."""
+        return []
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checked(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        if not isinstance(data, dict):
+            return handler(data)
+        problems: list[InitErrorDetails] = []
+        clean = {}
+        for key, value in data.items():
+            if isinstance(key, str) and _looks_secret(key) and key not in cls.model_fields:
+                problems.append(InitErrorDetails(type=_error("secret_in_config",
+                                                             cls.secret_advice),
+                                                 loc=(key,), input=None))
+            else:
+                clean[key] = value
+        problems += [InitErrorDetails(type=_error("config", msg), loc=loc, input=None)
+                     for loc, msg in cls.raw_checks(clean)]
+        if not problems:
+            return handler(clean)
+        try:
+            handler(clean)
+        except ValidationError as exc:
+            problems = _redetail(exc) + problems
+        raise _problems_error(cls.__name__, problems)
+
+
+def _given(data: dict[str, Any], *keys: str) -> list[str]:
+    return [k for k in keys if data.get(k) is not None]
+
+
+# --------------------------------------------------------------------------- hooks, targets
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise _error("url", "must be an http:// or https:// URL")
+    if _USERINFO.search(value):
+        raise _error("secret_in_config", "credentials do not belong in the URL: send them in "
+                     "a header named in headers_env")
+    return value
+
+
+class HttpCall(_Model):
+    """An HTTP request made by a hook, e.g. to pause the writers of a store."""
+
+    secret_advice: ClassVar[str] = ("secrets are never written in stackvault.yaml: send them "
+                                    "in headers read from environment variables (headers_env)")
+
+    url: Annotated[str, AfterValidator(_http_url), TypeDoc("URL")] = Field(
+        description="The URL to call (http or https; no credentials in it).",
+        examples=["http://127.0.0.1:8080/admin/pause-ingest"])
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(
+        "POST", description="The HTTP method.")
+    headers_env: dict[HeaderName, EnvName] = Field(
+        default_factory=dict,
+        description="Request headers whose values are read from environment variables: "
+                    "header name -> variable name (e.g. Authorization: APP_ADMIN_TOKEN).",
+        examples=[{"Authorization": "APP_ADMIN_TOKEN"}])
+    timeout: Duration = Field(
+        30, description="How long to wait for the answer; no answer or a status of 400 or "
+                        "more fails the hook.")
+
+
+class Hook(_Model):
+    """One hook: a command or an HTTP call. A failing pre hook skips what it guards."""
+
+    command: Command | None = Field(
+        None, description="A command: a string runs in the shell, a list runs the program "
+                          "directly. Exit status 0 is success.",
+        examples=["systemctl stop app-worker"])
+    http: HttpCall | None = Field(None, description="An HTTP call (instead of `command`).")
+    timeout: Duration = Field(
+        300, description="With `command`: how long it may run before it is stopped and "
+                         "the hook fails.")
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        given = _given(data, "command", "http")
+        if len(given) != 1:
+            return [((), "a hook has exactly one of `command` or `http`")]
+        if given == ["http"] and "timeout" in data:
+            return [(("timeout",), "the timeout of an http hook goes inside `http`")]
+        return []
+
+
+class Hooks(_Model):
+    """Hooks run before and after a backup (of one component, or of the whole stack)."""
+
+    pre: list[Hook] = Field(default_factory=list,
+                            description="Run in order before the backup; the first failure "
+                                        "stops and fails it.")
+    post: list[Hook] = Field(default_factory=list,
+                             description="Run in order after the backup, also when it failed "
+                                         "(e.g. to resume writers).")
+
+
+class Targets(_Model):
+    """Recovery objectives that drills and reports check this component against."""
+
+    rto: Duration | None = Field(
+        default=None,
+        description="Recovery time objective: the longest a restore of this component may take.",
+        examples=["1h"])
+    rpo: Duration | None = Field(
+        default=None,
+        description="Recovery point objective: the most data, in time, that may be lost (the "
+                    "longest gap between successful backups).",
+        examples=["24h"])
+
+
+# --------------------------------------------------------------------------- components
+
+
+class ComponentBase(_Model):
+    """Fields every component has, whatever its type."""
+
+    depends_on: list[Name] = Field(
+        default_factory=list,
+        description="Components that must be restored before this one (restore order and "
+                    "the critical path follow these).")
+    hooks: Hooks = Field(default_factory=Hooks,
+                         description="Hooks around this component's backup.")
+    targets: Targets = Field(default_factory=Targets,
+                             description="RTO/RPO targets for this component; none by default.")
+
+
+class PostgresComponent(ComponentBase):
+    """A PostgreSQL server: one or more databases, optionally the roles (globals)."""
+
+    secret_advice: ClassVar[str] = ("the password is never written in stackvault.yaml: use "
+                                    "password_env (the name of an environment variable) or "
+                                    "password_file (a file holding it)")
+
+    type: Literal["postgres"] = Field(description="postgres: a PostgreSQL server; one or "
+                                      "more databases, optionally its roles (globals).")
+    host: NonEmptyStr = Field("localhost", description="Server host name, IP address, or the "
+                              "folder of its Unix socket.")
+    port: int = Field(5432, ge=1, le=65535, description="Server port.")
+    user: NonEmptyStr = Field("postgres", description="User to connect as; needs to read every "
+                              "table backed up (and to create databases, to restore).")
+    password_env: EnvName | None = Field(
+        None, description="Environment variable holding the password. Leave out both "
+                          "password settings for peer/trust authentication or ~/.pgpass.",
+        examples=["PGPASSWORD"])
+    password_file: ConfigPath | None = Field(
+        None, description="File holding the password (its first line).",
+        examples=["/run/secrets/pg_password"])
+    databases: list[NonEmptyStr] = Field(
+        min_length=1, description="Databases to back up.", examples=[["app"]])
+    globals: bool = Field(False, description="Also back up roles and tablespaces "
+                          "(pg_dumpall --globals-only).")
+    format: Literal["custom", "directory"] = Field(
+        "custom", description="Dump format (uncompressed; the repository compresses): "
+                              "`custom` is one stream, `directory` allows parallel jobs.")
+    jobs: int = Field(1, ge=1, le=64, description="Parallel dump and restore jobs; more than "
+                      "1 needs `format: directory`.")
+    pg_bin_dir: ConfigPath | None = Field(
+        None, description="Folder with pg_dump/pg_restore; default: the ones matching the "
+                          "server's major version found on this machine.",
+        examples=["/usr/lib/postgresql/16/bin"])
+    tables: list[NonEmptyStr] | None = Field(
+        None, description="Only these tables (`schema.table`, or `table` in schema public); "
+                          "default: every table.", examples=[["public.documents"]])
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        out: list[tuple[Loc, str]] = []
+        if len(_given(data, "password_env", "password_file")) > 1:
+            out.append(((), "give at most one of password_env and password_file"))
+        jobs = data.get("jobs")
+        if (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs > 1
+                and data.get("format", "custom") != "directory"):
+            out.append((("jobs",), "parallel jobs need `format: directory`"))
+        return out
+
+
+class SqliteComponent(ComponentBase):
+    """A SQLite database file, copied consistently while the application writes."""
+
+    type: Literal["sqlite"] = Field(description="sqlite: a SQLite database file, copied "
+                                    "consistently while the application writes.")
+    path: ConfigPath = Field(description="The database file.",
+                             examples=["/srv/app/data/jobs.sqlite3"])
+    force_restore: bool = Field(False, description="Restore over the database even when "
+                                "another process has it open (otherwise refused).")
+
+
+class FilesComponent(ComponentBase):
+    """Folders and single files (configuration, .env, uploads)."""
+
+    type: Literal["files"] = Field(description="files: folders and single files "
+                                   "(configuration, .env, uploads).")
+    paths: list[ConfigPath] = Field(min_length=1, description="Files and folders to back up.",
+                                    examples=[["/srv/app/config"]])
+    exclude: list[NonEmptyStr] = Field(default_factory=list,
+                                       description="Glob patterns of paths to leave out.",
+                                       examples=[["*.tmp", "cache/"]])
+
+
+# One member per component type, told apart by `type`.
+# TODO: redis, qdrant, chroma and s3 components: add their models here as more members.
+Component = Annotated[PostgresComponent | SqliteComponent | FilesComponent,
+                      Field(discriminator="type")]
+COMPONENT_TYPES: dict[str, type[ComponentBase]] = {
+    "postgres": PostgresComponent, "sqlite": SqliteComponent, "files": FilesComponent}
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+class RepositoryConfig(_Model):
+    """Where the stack's snapshots go, and where its password comes from."""
+
+    secret_advice: ClassVar[str] = ("the repository password is never written in "
+                                    "stackvault.yaml: use password_env, password_file or "
+                                    "password_command")
+
+    location: Location = Field(
+        description="The repository: a folder (/srv/backup/stackvault, local:PATH), "
+                    "s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] (MinIO, SeaweedFS, Ceph) or "
+                    "s3://BUCKET[/PREFIX] (AWS; endpoint from AWS_ENDPOINT_URL).",
+        examples=["/srv/backup/stackvault"])
+    password_env: EnvName | None = Field(
+        None, description="Environment variable holding the repository password. "
+                          "Give at most one of the three password settings.",
+        json_schema_extra={"doc_default": DEFAULT_PASSWORD_ENV})
+    password_file: ConfigPath | None = Field(
+        None, description="File holding the repository password (its first line).",
+        examples=["/etc/stackvault/password"])
+    password_command: Command | None = Field(
+        None, description="Command whose output is the repository password.",
+        examples=["pass show backup/stackvault"])
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        if len(_given(data, "password_env", "password_file", "password_command")) > 1:
+            return [((), "give at most one of password_env, password_file and "
+                         "password_command")]
+        return []
+
+    @model_validator(mode="after")
+    def _default_password(self) -> RepositoryConfig:
+        if self.password_file is None and self.password_command is None \
+                and self.password_env is None:
+            self.password_env = DEFAULT_PASSWORD_ENV
+        return self
+
+
+class StackConfig(_Model):
+    """A stack: its repository, its components and hooks around the whole backup."""
+
+    version: Literal[1] = Field(description="Version of this file's format: 1.")
+    repository: RepositoryConfig = Field(description="Where snapshots are stored.")
+    hooks: Hooks = Field(default_factory=Hooks,
+                         description="Hooks around the backup of the whole stack (before the "
+                                     "first component, after the last).")
+    components: dict[Name, Component] = Field(
+        min_length=1, description="The stack's components, by name; `type` says which kind "
+                                  "each is.")
+
+    _source: Path | None = PrivateAttr(None)
+    _sha256: str = PrivateAttr("")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value > CONFIG_VERSION:
+            raise _error("version", f"this StackVault reads config version {CONFIG_VERSION}; "
+                         f"version {value} needs a newer StackVault")
+        return value
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        return graph_problems(data.get("components"))
+
+    @property
+    def source(self) -> Path | None:
+        """The file this config was loaded from (None when built in code)."""
+        return self._source
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the file's bytes ('' when built in code): recorded in stack manifests."""
+        return self._sha256
+
+
+# --------------------------------------------------------------------------- dependencies
+
+
+def graph_problems(components: Any) -> list[tuple[Loc, str]]:
+    """Unknown `depends_on` names and dependency cycles, from raw (unvalidated) components."""
+    if not isinstance(components, dict):
+        return []
+    names = sorted(k for k in components if isinstance(k, str) and NAME_RE.fullmatch(k))
+    deps: dict[str, list[str]] = {}
+    out: list[tuple[Loc, str]] = []
+    for name in names:
+        comp = components[name]
+        raw = comp.get("depends_on") if isinstance(comp, dict) else None
+        if not isinstance(raw, list):
+            deps[name] = []
+            continue
+        deps[name] = []
+        for i, dep in enumerate(raw):
+            if not isinstance(dep, str) or not NAME_RE.fullmatch(dep):
+                continue  # the name check reports it
+            if dep in components:
+                deps[name].append(dep)
+            else:
+                out.append((("components", name, "depends_on", i),
+                            f"unknown component '{dep}' (the config has: {', '.join(names)})"))
+    for cycle in find_cycles(deps):
+        text = (f"{cycle[0]} depends on itself" if len(cycle) == 1 else
+                " -> ".join([*cycle, cycle[0]]) + " (each depends on the next)")
+        out.append((("components", cycle[0], "depends_on"), f"dependency cycle: {text}"))
+    return out
+
+
+def find_cycles(deps: Mapping[str, list[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component that has one, each starting at its
+    smallest name; in name order."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    sccs: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan; stacks are as deep as the dependency chains
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(set(deps.get(v, []))):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                scc.append(w)
+                if w == v:
+                    break
+            sccs.append(scc)
+
+    for v in sorted(deps):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for scc in sccs:
+        members = set(scc)
+        start = min(scc)
+        if len(scc) == 1 and start not in deps.get(start, []):
+            continue
+        cycles.append(_cycle_through(start, members, deps))
+    return sorted(cycles)
+
+
+def _cycle_through(start: str, members: set[str], deps: Mapping[str, list[str]]) -> list[str]:
+    """A shortest cycle from ``start`` back to it inside one strongly connected component."""
+    prev: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in sorted(set(deps.get(v, []))):
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(prev[path[-1]])
+                    return path[::-1]
+                if w in members and w not in prev:
+                    prev[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    return [start]  # unreachable for a real cycle
+
+
+def _dependencies(config: StackConfig) -> dict[str, list[str]]:
+    return {name: sorted(set(c.depends_on)) for name, c in config.components.items()}
+
+
+def restore_order(config: StackConfig) -> list[list[str]]:
+    """Components in restore order, as layers: each component comes after everything it
+    depends on; the components of one layer are independent and may run concurrently."""
+    deps = _dependencies(config)
+    done: set[str] = set()
+    layers: list[list[str]] = []
+    while len(done) < len(deps):
+        layer = sorted(n for n, d in deps.items() if n not in done and done.issuperset(d))
+        if not layer:
+            left = sorted(set(deps) - done)
+            raise ConfigError(f"dependency cycle among: {', '.join(left)}",
+                              hint="run `stackvault config validate`")
+        layers.append(layer)
+        done.update(layer)
+    return layers
+
+
+def critical_path(config: StackConfig, durations: Mapping[str, float] | None = None
+                  ) -> list[str]:
+    """The chain of dependent components that takes longest to restore, first to last.
+
+    ``durations`` gives each component's restore time (e.g. measured in a drill; missing
+    ones count 0); without it every component counts 1, i.e. the longest chain. Ties go to
+    the longer chain, then to the alphabetically first.
+    """
+    deps = _dependencies(config)
+
+    def weight(name: str) -> float:
+        return 1.0 if durations is None else float(durations.get(name, 0.0))
+
+    def best(paths: list[tuple[float, list[str]]]) -> tuple[float, list[str]]:
+        return min(paths, key=lambda p: (-p[0], -len(p[1]), p[1]))
+
+    longest: dict[str, tuple[float, list[str]]] = {}
+    for layer in restore_order(config):
+        for name in layer:
+            before = best([longest[d] for d in deps[name]] or [(0.0, [])])
+            longest[name] = (before[0] + weight(name), [*before[1], name])
+    return best(list(longest.values()))[1] if longest else []
+
+
+# --------------------------------------------------------------------------- introspection
+# For the loader (error paths), the example and the reference, which walk the models.
+
+
+def strip_optional(ann: Any) -> Any:
+    """X | None -> X (X keeps its Annotated metadata)."""
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return ann
+
+
+def unwrap(ann: Any) -> Any:
+    """Strip Annotated and Optional: Annotated[X, ...] | None -> X."""
+    while True:
+        if typing.get_origin(ann) is typing.Annotated:
+            ann = typing.get_args(ann)[0]
+            continue
+        stripped = strip_optional(ann)
+        if stripped is ann:
+            return ann
+        ann = stripped
+
+
+def union_members(ann: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> model for a union of models told apart by `type` (the components), else {}."""
+    ann = unwrap(ann)
+    if typing.get_origin(ann) not in (typing.Union, types.UnionType):
+        return {}
+    out: dict[str, type[BaseModel]] = {}
+    for member in typing.get_args(ann):
+        if isinstance(member, type) and issubclass(member, BaseModel) \
+                and "type" in member.model_fields:
+            tag = typing.get_args(member.model_fields["type"].annotation)
+            if tag:
+                out[str(tag[0])] = member
+    return out
