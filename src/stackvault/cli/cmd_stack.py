@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -22,12 +21,11 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
 
 
-def load_stack_config(c: Ctx) -> tuple[Any, str]:
-    """The stack config (from -c, STACKVAULT_CONFIG or ./stackvault.yaml) and its SHA-256."""
+def load_stack_config(c: Ctx) -> Any:
+    """The stack config from -c, STACKVAULT_CONFIG or ./stackvault.yaml."""
     from stackvault.config.loader import find_config, load_config
 
-    path = find_config(c.opts.config, c.opts.env)
-    return load_config(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return load_config(find_config(c.opts.config, c.opts.env))
 
 
 def stack_repo_settings(c: Ctx, config: Any) -> tuple[str, str | None]:
@@ -74,12 +72,11 @@ def _config_password(r: Any, env: dict[str, str]) -> str:
 def stack_backup(c: Ctx, components: list[str], tags: list[str], host: str | None) -> None:
     from stackvault.ops.stack_backup import backup_stack
 
-    config, digest = load_stack_config(c)
+    config = load_stack_config(c)
     repo = open_stack_repo(c, config)
     with c.progress("backup") as progress:
         res = backup_stack(repo, config, components=components or None, tags=tags,
-                           hostname=host, progress=progress, retry_lock=c.opts.retry_lock,
-                           config_sha256=digest)
+                           hostname=host, progress=progress, retry_lock=c.opts.retry_lock)
     snap = res.snapshot
     if c.opts.json:
         c.emit({"snapshot": snap.id, "complete": res.complete,
@@ -110,7 +107,7 @@ def stack_restore(c: Ctx, snapshot: str, components: list[str], to: list[str],
                   force: bool) -> None:
     from stackvault.ops.stack_restore import plan_restore, raise_if_failed, restore_stack
 
-    config, _digest = load_stack_config(c)
+    config = load_stack_config(c)
     repo = open_stack_repo(c, config)
     targets: dict[str, str] = {}
     for item in to:
@@ -185,7 +182,7 @@ def export(
     if c.opts.repo or "STACKVAULT_REPOSITORY" in c.opts.env:
         repo = c.open_repo()
     else:
-        config, _d = load_stack_config(c)
+        config = load_stack_config(c)
         repo = open_stack_repo(c, config)
     snap = pick_snapshot(repo, snapshot, None, [component])
     result = export_component(repo, snap, component, Path(out))

@@ -125,7 +125,7 @@ class Ctx:
             return None
         from stackvault.cli.cmd_stack import load_stack_config
 
-        return load_stack_config(self)[0]
+        return load_stack_config(self)
 
     def kdf_from_env(self) -> KdfParams | None:
         """STACKVAULT_KDF='t,m,p' overrides the default Argon2id cost (tests, slow machines)."""

@@ -61,7 +61,6 @@ def backup_stack(
     hostname: str | None = None,
     progress: Progress = no_progress,
     retry_lock: float = 0.0,
-    config_sha256: str = "",
 ) -> StackBackupResult:
     """Back up the selected components (default: all) into one stack snapshot.
 
@@ -75,7 +74,7 @@ def backup_stack(
                          hint=f"the config has: {', '.join(config.components)}")
     hostname = hostname or socket.gethostname()
     start = _now()
-    for hook in getattr(config.hooks, "pre", []) if getattr(config, "hooks", None) else []:
+    for hook in config.hooks.pre:
         run_hook(hook, where="stack pre-backup hook")
     outcomes: list[ComponentOutcome] = []
     with Lock(repo, exclusive=False).acquire(retry_for=retry_lock) as lock:
@@ -87,12 +86,12 @@ def backup_stack(
                 began = _now()
                 sink = RepoSink(repo, writer, progress)
                 try:
-                    for hook in comp.hooks.pre if getattr(comp, "hooks", None) else []:
+                    for hook in comp.hooks.pre:
                         run_hook(hook, where=f"{name}: pre-backup hook")
                     try:
                         result = make_source(name, comp).backup(sink)
                     finally:
-                        for hook in comp.hooks.post if getattr(comp, "hooks", None) else []:
+                        for hook in comp.hooks.post:
                             run_hook(hook, where=f"{name}: post-backup hook")
                     if sink.errors:
                         raise StackVaultError(f"{name}: {len(sink.errors)} item(s) unreadable: "
@@ -106,26 +105,25 @@ def backup_stack(
                     name, comp.type, True, began, ended, tree=tree,
                     manifest={
                         "versions": result.versions,
-                        "artifacts": [a.__dict__ for a in result.artifacts],
+                        "artifacts": [a.to_dict() for a in result.artifacts],
                         "fingerprint": result.fingerprint.to_dict(),
                         "extra": result.extra,
                     })
 
             with ThreadPoolExecutor(PARALLEL_COMPONENTS, thread_name_prefix="sv-comp") as ex:
                 outcomes = list(ex.map(one, names))
-            writer.flush()
-            nodes = [Node(name=o.name, type=DIR, mode=0o700, mtime_ns=int(o.finished.timestamp()
-                                                                           * 1e9),
-                          subtree=o.tree) for o in outcomes if o.ok and o.tree]
+            nodes = [Node(name=o.name, type=DIR, mode=0o700,
+                          mtime_ns=int(o.finished.timestamp() * 1e9), subtree=o.tree)
+                     for o in outcomes if o.ok and o.tree]
             root_id, raw = repo.save_tree(nodes)
             writer.save_now(TREE, raw)
-            writer.flush()
+            writer.flush()  # every component's data and trees, then the root: all durable
         lock.check_valid()
         complete = all(o.ok for o in outcomes)
         manifest = {
             "version": MANIFEST_VERSION,
             "complete": complete,
-            "config_sha256": config_sha256,
+            "config_sha256": config.sha256,
             "components": {
                 o.name: {"type": o.type, "status": "ok" if o.ok else "failed", "error": o.error,
                          "started": o.started.isoformat(), "finished": o.finished.isoformat(),
@@ -148,6 +146,6 @@ def backup_stack(
                      "duration_s": round((_now() - start).total_seconds(), 3)},
         )
         repo.save_snapshot(snap)
-    for hook in getattr(config.hooks, "post", []) if getattr(config, "hooks", None) else []:
+    for hook in config.hooks.post:
         run_hook(hook, where="stack post-backup hook")
     return StackBackupResult(snap, outcomes)
