@@ -173,15 +173,3 @@ def test_bad_config_and_unknown_component(stack: tuple[SV, Path]) -> None:
     bad = sv("backup")
     assert bad.rc == 2
     assert "components.a" in bad.err and "components.b" in bad.err
-
-
-def test_component_type_not_available_yet_fails_clearly(stack: tuple[SV, Path]) -> None:
-    sv, d = stack
-    cfg = d / "stackvault.yaml"
-    cfg.write_text(cfg.read_text() + "  pg:\n    type: postgres\n    databases: [app]\n")
-    res = sv("--json", "backup")
-    assert res.rc == 3, str(res)
-    out = res.json()
-    assert out["components"]["pg"]["ok"] is False
-    assert "not available" in out["components"]["pg"]["error"]
-    assert out["components"]["app_db"]["ok"] is True

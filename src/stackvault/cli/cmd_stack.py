@@ -19,6 +19,7 @@ from stackvault.storage import open_storage
 
 def register(app: typer.Typer) -> None:
     app.command("export")(export)
+    app.command("show")(show)
 
 
 def load_stack_config(c: Ctx) -> Any:
@@ -179,11 +180,7 @@ def export(
     from stackvault.ops.stack_restore import pick_snapshot
 
     c: Ctx = ctx.obj
-    if c.opts.repo or "STACKVAULT_REPOSITORY" in c.opts.env:
-        repo = c.open_repo()
-    else:
-        config = load_stack_config(c)
-        repo = open_stack_repo(c, config)
+    repo = _repo_for_reading(c)
     snap = pick_snapshot(repo, snapshot, None, [component])
     result = export_component(repo, snap, component, Path(out))
     if c.opts.json:
@@ -191,3 +188,57 @@ def export(
     else:
         c.info(f"exported {component} of snapshot {snap.short_id}: {result['files']} file(s) "
                f"in {out}; check with: (cd {os.fspath(out)} && sha256sum -c SHA256SUMS)")
+
+
+def _repo_for_reading(c: Ctx) -> Repository:
+    """-r/STACKVAULT_REPOSITORY if given, else the repository of stackvault.yaml."""
+    if c.opts.repo or "STACKVAULT_REPOSITORY" in c.opts.env:
+        return c.open_repo()
+    return open_stack_repo(c, load_stack_config(c))
+
+
+def show(
+    ctx: typer.Context,
+    snapshot: str = typer.Argument("latest", help="Stack snapshot id (prefix) or 'latest'."),
+) -> None:
+    """Show a stack snapshot's manifest: per component its status, times, server and tool
+    versions, artifacts (size, SHA-256), fingerprint size and facts such as a WAL position."""
+    from stackvault.ops.stack_restore import manifest_of
+
+    c: Ctx = ctx.obj
+    repo = _repo_for_reading(c)
+    if snapshot == "latest":
+        stacks = [s for s in repo.list_snapshots() if s.kind == "stack"]
+        if not stacks:
+            raise UsageError("the repository holds no stack snapshot yet",
+                             hint="run `stackvault backup` with a stackvault.yaml")
+        snap = stacks[-1]
+    else:
+        snap = repo.find_snapshot(snapshot)
+    manifest = manifest_of(snap)
+    if c.opts.json:
+        c.emit({"snapshot": snap.id, "time": snap.time.isoformat(), "tags": snap.tags,
+                "hostname": snap.hostname, "manifest": manifest})
+        return
+    state = "complete" if manifest.get("complete") else "INCOMPLETE"
+    c.out.print(f"stack snapshot {snap.short_id}  {snap.time.astimezone():%Y-%m-%d %H:%M:%S}"
+                f"  {snap.hostname}  {state}"
+                + (f"  tags: {', '.join(snap.tags)}" if snap.tags else ""), markup=False)
+    for name, comp in manifest.get("components", {}).items():
+        c.out.print(f"  {name} ({comp.get('type')}): {comp.get('status')}"
+                    f"  {comp.get('started', '')} .. {comp.get('finished', '')}", markup=False)
+        if comp.get("error"):
+            c.out.print(f"    error: {comp['error']}", markup=False)
+        for k, v in sorted(comp.get("versions", {}).items()):
+            c.out.print(f"    {k}: {v}", markup=False)
+        for a in comp.get("artifacts", []):
+            c.out.print(f"    {a['name']:<40} {human(a['size']):>10}  sha256 {a['sha256'][:16]}",
+                        markup=False)
+        fp = comp.get("fingerprint", {})
+        if fp.get("counts"):
+            c.out.print(f"    fingerprint: {len(fp['counts'])} count(s), "
+                        f"{len(fp.get('digests', {}))} digest(s)", markup=False)
+        for db, facts in sorted(comp.get("extra", {}).get("databases", {}).items()):
+            if isinstance(facts, dict) and facts.get("wal_lsn"):
+                c.out.print(f"    {db}: WAL position {facts['wal_lsn']} at "
+                            f"{facts.get('snapshot_time', '?')}", markup=False)

@@ -171,7 +171,7 @@ def _expected(fp: dict[str, Any], tables: list[str] | None) -> Fingerprint:
         keep = set(tables)
 
         def wanted(key: str) -> bool:
-            return key in keep or key.rsplit(".", 1)[-1] in keep
+            return any(key == t or key.endswith("." + t) for t in keep)
 
         expected = expected.restrict(k for k in (expected.counts.keys()
                                                  | expected.digests.keys()) if wanted(k))

@@ -157,3 +157,4 @@ def _load(type_: str, ref: LazyRef) -> Any:
 #            extra="qdrant", packages={"qdrant_client": "qdrant-client"})
 register("sqlite", "stackvault.sources.sqlite:SqliteSource", origin="built-in")
 register("files", "stackvault.sources.files:FilesSource", origin="built-in")
+register("postgres", "stackvault.sources.postgres:PostgresSource", origin="built-in")
