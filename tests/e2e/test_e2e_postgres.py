@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from e2e_support import PASSWORD, SV, base_env
+
 from support.postgres_server import DEBIAN_PG15, PgServer, free_port, postgres
 
 HOOK_TOKEN = "hook-SECRET-Token-8812"

@@ -409,3 +409,17 @@ def test_backup_while_writers_write_is_consistent(pg15: PgServer, tmp_path: Path
     target = {"database": "busy_copy"}
     src.restore(stored, target=target)
     assert src.fingerprint(target=target).compare(result.fingerprint) == []
+
+
+def test_counts_only_fingerprint_still_catches_lost_rows(pg15: PgServer, tmp_path: Path) -> None:
+    make_app_db(pg15, "app9", rows=20)
+    src = source(pg15, "app9", checksums=False)
+    stored, result = backup_to(tmp_path, src)
+    assert result.fingerprint.digests == {}
+    assert result.fingerprint.counts["app9.public.users"] == 20
+    with connect(pg15, "app9") as c:
+        c.execute("UPDATE users SET name = 'x'")  # same counts: not seen without checksums
+        assert src.fingerprint().compare(result.fingerprint) == []
+        c.execute("""DELETE FROM "Mixed Case" WHERE "Key" = 'a'""")
+    assert result.fingerprint.compare(src.fingerprint()) == [
+        "count of app9.public.Mixed Case: expected 3, found 2"]

@@ -233,9 +233,10 @@ def test_every_error_is_reported_at_once_with_path_and_line() -> None:
         "components.db.targets.rto": (got["components.db.targets.rto"][0], 16),
         "components.Bad_Name": (got["components.Bad_Name"][0], 17),
         "components.Bad_Name.path": ("required, but missing", 17),
-        "components.d": ("unknown component type 'mysql'; the types are: postgres, sqlite, "
-                         "files", 19),
-        "components.e": ("a component needs a `type`: one of postgres, sqlite, files", 20),
+        "components.d": ("unknown component type 'mysql'; the types are: "
+                         + ", ".join(COMPONENT_TYPES), 19),
+        "components.e": ("a component needs a `type`: one of " + ", ".join(COMPONENT_TYPES),
+                         20),
         "components.f": ("must be a mapping (`key: value` lines)", 21),
         "components.g.format": (got["components.g.format"][0], 25),
     }
@@ -499,8 +500,9 @@ def test_example_loads_cleanly(tmp_path: Path) -> None:
     text = example_yaml()
     config = load_config(write(tmp_path, text))
     assert {n: c.type for n, c in config.components.items()} == {
-        "app-db": "postgres", "jobs-db": "sqlite", "app-config": "files"}
-    assert restore_order(config) == [["app-config", "app-db"], ["jobs-db"]]
+        "app-db": "postgres", "jobs-db": "sqlite", "app-config": "files", "cache": "redis",
+        "media": "s3"}
+    assert restore_order(config) == [["app-config", "app-db", "cache", "media"], ["jobs-db"]]
     assert text.startswith("# stackvault.yaml")
 
 

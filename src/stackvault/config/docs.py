@@ -24,7 +24,9 @@ from stackvault.config.schema import (
     Hooks,
     HttpCall,
     PostgresComponent,
+    RedisComponent,
     RepositoryConfig,
+    S3Component,
     SqliteComponent,
     StackConfig,
     Targets,
@@ -44,6 +46,8 @@ SECTIONS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("type: postgres", "type-postgres", PostgresComponent, True),
     ("type: sqlite", "type-sqlite", SqliteComponent, True),
     ("type: files", "type-files", FilesComponent, True),
+    ("type: s3", "type-s3", S3Component, True),
+    ("type: redis", "type-redis", RedisComponent, True),
     ("hooks", "hooks", Hooks, False),
     ("A hook (an item of pre or post)", "hook", Hook, False),
     ("http", "http", HttpCall, False),
@@ -86,7 +90,7 @@ around a backup (`hooks`) and the recovery targets (`targets`).
 
 Component types:
 {component_types}.
-More (Redis, Qdrant, ChromaDB, S3) will be added as further `type`s.
+More (Qdrant, ChromaDB) will be added as further `type`s.
 """
 
 

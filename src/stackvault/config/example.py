@@ -72,6 +72,20 @@ EXAMPLE: dict[str, Any] = {
             "hooks": {"pre": [{"command": ["/srv/app/bin/app-ctl", "check-config"],
                                "timeout": "1m"}]},
         },
+        "cache": {
+            "type": "redis",
+            "url": "redis://127.0.0.1:6379",
+            "password_env": "REDIS_PASSWORD",
+            "mode": "logical",
+            "targets": {"rpo": "1h"},
+        },
+        "media": {
+            "type": "s3",
+            "endpoint_url": "http://127.0.0.1:9000",
+            "buckets": ["uploads", "documents/originals"],
+            "access_key_env": "MINIO_ACCESS_KEY",
+            "secret_key_env": "MINIO_SECRET_KEY",
+        },
     },
 }
 

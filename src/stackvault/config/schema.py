@@ -352,6 +352,10 @@ class Targets(_Model):
 # --------------------------------------------------------------------------- components
 
 
+_PASSWORD_ADVICE = ("the password is never written in stackvault.yaml: use password_env (the "
+                    "name of an environment variable) or password_file (a file holding it)")
+
+
 class ComponentBase(_Model):
     """Fields every component has, whatever its type."""
 
@@ -368,9 +372,7 @@ class ComponentBase(_Model):
 class PostgresComponent(ComponentBase):
     """A PostgreSQL server: one or more databases, optionally the roles (globals)."""
 
-    secret_advice: ClassVar[str] = ("the password is never written in stackvault.yaml: use "
-                                    "password_env (the name of an environment variable) or "
-                                    "password_file (a file holding it)")
+    secret_advice: ClassVar[str] = _PASSWORD_ADVICE
 
     type: Literal["postgres"] = Field(description="postgres: a PostgreSQL server; one or "
                                       "more databases, optionally its roles (globals).")
@@ -402,6 +404,10 @@ class PostgresComponent(ComponentBase):
     tables: list[NonEmptyStr] | None = Field(
         None, description="Only these tables (`schema.table`, or `table` in schema public); "
                           "default: every table.", examples=[["public.documents"]])
+    checksums: bool = Field(
+        True, description="Record a content checksum per table (read in the dump's snapshot, "
+                          "checked after every restore). `false` keeps exact row counts only: "
+                          "a cheaper scan, for servers short of CPU.")
 
     @classmethod
     def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
@@ -438,12 +444,133 @@ class FilesComponent(ComponentBase):
                                        examples=[["*.tmp", "cache/"]])
 
 
+_S3_LOCATION_RE = re.compile(r"(s3://)?[A-Za-z0-9][A-Za-z0-9._-]{0,254}(/.*)?", re.DOTALL)
+
+
+def _s3_location(value: str) -> str:
+    if not _S3_LOCATION_RE.fullmatch(value):
+        raise _error("s3_location", "write BUCKET or BUCKET/PREFIX, e.g. media or "
+                     "media/uploads (a prefix is a folder: a '/' is added if missing)")
+    return value
+
+
+S3Location = Annotated[str, AfterValidator(_s3_location), TypeDoc("BUCKET[/PREFIX]")]
+
+
+class S3Component(ComponentBase):
+    """Buckets, or prefixes of buckets, of S3 or an S3-compatible store (MinIO, SeaweedFS)."""
+
+    secret_advice: ClassVar[str] = ("S3 keys are never written in stackvault.yaml: name the "
+                                    "environment variables that hold them (access_key_env, "
+                                    "secret_key_env), or leave both out for the usual AWS "
+                                    "credential chain")
+
+    type: Literal["s3"] = Field(description="s3: buckets or prefixes of S3 or an "
+                                "S3-compatible store (MinIO, SeaweedFS, Ceph RGW): objects "
+                                "with content type, user metadata and tags.")
+    buckets: list[S3Location] = Field(
+        min_length=1, description="What to back up: `BUCKET` (every object) or "
+                                  "`BUCKET/PREFIX` (the objects under that folder).",
+        examples=[["media", "documents/uploads"]])
+    endpoint_url: Annotated[str, AfterValidator(_http_url), TypeDoc("URL")] | None = Field(
+        None, description="The S3 endpoint (no credentials in it); default: AWS.",
+        examples=["http://127.0.0.1:9000"])
+    region: NonEmptyStr | None = Field(
+        None, description="The region; default: AWS_REGION, else us-east-1.",
+        examples=["eu-central-1"])
+    access_key_env: EnvName | None = Field(
+        None, description="Environment variable holding the access key id. Leave out both "
+                          "key settings for the usual AWS chain (AWS_ACCESS_KEY_ID, "
+                          "profiles, instance roles).", examples=["MINIO_ACCESS_KEY"])
+    secret_key_env: EnvName | None = Field(
+        None, description="Environment variable holding the secret access key.",
+        examples=["MINIO_SECRET_KEY"])
+    verify_tls: bool = Field(True, description="Check the endpoint's TLS certificate.")
+    mirror: bool = Field(False, description="On restore, also delete the objects under the "
+                         "restored buckets/prefixes that the snapshot does not have "
+                         "(otherwise they are kept).")
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        if len(_given(data, "access_key_env", "secret_key_env")) == 1:
+            return [((), "give both access_key_env and secret_key_env, or neither")]
+        return []
+
+
+_REDIS_URL = re.compile(r"rediss?://(\[[0-9A-Fa-f:.]+\]|[^/:@\[\]?#]+)(:\d{1,5})?(/\d+)?/?")
+
+
+def _redis_url(value: str) -> str:
+    # Never echo the value: it may hold a password.
+    if _USERINFO.search(value):
+        raise _error("secret_in_config", "credentials do not belong in the URL: give "
+                     "`username` and `password_env` (or `password_file`) instead")
+    if not _REDIS_URL.fullmatch(value):
+        raise _error("url", "must look like redis://HOST[:PORT][/DB] or rediss://HOST[:PORT]"
+                     "[/DB] (TLS)")
+    return value
+
+
+RedisUrl = Annotated[str, AfterValidator(_redis_url), TypeDoc("URL")]
+
+
+class RedisComponent(ComponentBase):
+    """A Redis server (standalone): its databases, every type, with TTLs."""
+
+    secret_advice: ClassVar[str] = _PASSWORD_ADVICE
+
+    type: Literal["redis"] = Field(description="redis: a Redis server (standalone, not "
+                                   "Cluster); every type, TTLs kept.")
+    url: RedisUrl = Field("redis://localhost:6379", description="The server: "
+                          "redis://HOST[:PORT][/DB], or rediss:// for TLS. A database number "
+                          "here means only that database. No credentials in it.",
+                          examples=["redis://127.0.0.1:6379"])
+    username: NonEmptyStr | None = Field(None, description="ACL user name (Redis 6+); "
+                                         "default: the `default` user.",
+                                         examples=["backup"])
+    password_env: EnvName | None = Field(
+        None, description="Environment variable holding the password. Leave out both "
+                          "password settings for a server without one.",
+        examples=["REDIS_PASSWORD"])
+    password_file: ConfigPath | None = Field(
+        None, description="File holding the password (its first line).",
+        examples=["/run/secrets/redis_password"])
+    databases: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Database numbers to back up; default: every non-empty one.",
+        examples=[[0, 1]])
+    mode: Literal["logical", "rdb"] = Field(
+        "logical", description="`logical`: SCAN + DUMP of every key, streamed (any Redis, "
+                               "managed ones too; not one point in time across keys). `rdb`: "
+                               "the server's own point-in-time snapshot via `redis-cli --rdb` "
+                               "(needs SYNC permission, redis-cli and redis-server here).")
+    redis_bin_dir: ConfigPath | None = Field(
+        None, description="Folder with redis-cli and redis-server (rdb mode and restoring "
+                          "an rdb backup); default: the ones on PATH.",
+        examples=["/usr/bin"])
+    force_restore: bool = Field(False, description="Restore into databases that hold keys "
+                                "(emptying them first) without --force.")
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        out: list[tuple[Loc, str]] = []
+        if len(_given(data, "password_env", "password_file")) > 1:
+            out.append(((), "give at most one of password_env and password_file"))
+        url = data.get("url")
+        if (isinstance(url, str) and re.search(r"^rediss?://[^/]+/\d+/?$", url)
+                and data.get("databases") is not None):
+            out.append((("databases",), "the url already names a database: give the "
+                        "database in one place only"))
+        return out
+
+
 # One member per component type, told apart by `type`.
-# TODO: redis, qdrant, chroma and s3 components: add their models here as more members.
-Component = Annotated[PostgresComponent | SqliteComponent | FilesComponent,
+# TODO: qdrant and chroma components: add their models here as more members.
+Component = Annotated[PostgresComponent | SqliteComponent | FilesComponent | S3Component
+                      | RedisComponent,
                       Field(discriminator="type")]
 COMPONENT_TYPES: dict[str, type[ComponentBase]] = {
-    "postgres": PostgresComponent, "sqlite": SqliteComponent, "files": FilesComponent}
+    "postgres": PostgresComponent, "sqlite": SqliteComponent, "files": FilesComponent,
+    "s3": S3Component, "redis": RedisComponent}
 
 
 # --------------------------------------------------------------------------- the stack

@@ -10,7 +10,8 @@ from stackvault.sources.base import DataSource, Target
 from stackvault.sources.registry import get_source_class, known_types
 
 COMMON_FIELDS = {"type", "depends_on", "hooks", "targets"}
-TARGET_KEY = {"sqlite": "path", "files": "path", "postgres": "database"}
+TARGET_KEY = {"sqlite": "path", "files": "path", "postgres": "database", "s3": "url",
+              "redis": "url"}
 
 
 def make_source(name: str, component: Any) -> DataSource:
@@ -27,5 +28,6 @@ def make_source(name: str, component: Any) -> DataSource:
 
 
 def parse_target(component: Any, text: str) -> Target:
-    """`--to NAME=TEXT`: a path for files and SQLite, a database name for PostgreSQL."""
+    """`--to NAME=TEXT`: a path for files and SQLite, a database name for PostgreSQL,
+    s3://BUCKET[/PREFIX] for S3, redis://HOST:PORT[/DB] for Redis."""
     return {TARGET_KEY.get(component.type, "path"): text}

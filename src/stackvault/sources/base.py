@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -337,6 +338,36 @@ class TreeDigest:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+class GeneratorReader(io.RawIOBase):
+    """A read-only stream over an iterator of byte strings: what an adapter hands to
+    `ArtifactSink.add_stream` when it produces its artifact piece by piece (no temp copy)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._buf = memoryview(nxt)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        """Also close the generator, so its `finally` blocks run now."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()
 
 
 def hash_stream(f: BinaryIO, out: BinaryIO | None = None) -> tuple[int, str]:

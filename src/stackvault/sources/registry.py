@@ -157,4 +157,6 @@ def _load(type_: str, ref: LazyRef) -> Any:
 #            extra="qdrant", packages={"qdrant_client": "qdrant-client"})
 register("sqlite", "stackvault.sources.sqlite:SqliteSource", origin="built-in")
 register("files", "stackvault.sources.files:FilesSource", origin="built-in")
+register("redis", "stackvault.sources.redisdb:RedisSource", origin="built-in")
+register("s3", "stackvault.sources.s3bucket:S3BucketSource", origin="built-in")
 register("postgres", "stackvault.sources.postgres:PostgresSource", origin="built-in")
