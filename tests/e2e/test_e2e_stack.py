@@ -173,3 +173,23 @@ def test_bad_config_and_unknown_component(stack: tuple[SV, Path]) -> None:
     bad = sv("backup")
     assert bad.rc == 2
     assert "components.a" in bad.err and "components.b" in bad.err
+
+
+def test_components_are_backed_up_concurrently(stack: tuple[SV, Path]) -> None:
+    """Each component's pre hook waits until the other one's has started: this can only
+    succeed when the two components run at the same time."""
+    sv, d = stack
+    cfg = d / "stackvault.yaml"
+
+    def hook(mine: str, other: str) -> str:
+        wait = (f"touch {d / mine}; for i in $(seq 1 100); do [ -e {d / other} ] && exit 0; "
+                "sleep 0.1; done; exit 1")
+        return f"    hooks:\n      pre:\n        - command: '{wait}'\n"
+
+    text = cfg.read_text()
+    text = text.replace("    path: ", hook("a.started", "b.started") + "    path: ", 1)
+    text = text.replace("    paths: ", hook("b.started", "a.started") + "    paths: ", 1)
+    cfg.write_text(text)
+    out = sv.json("backup")
+    assert out["complete"] is True, out
+    assert (d / "a.started").exists() and (d / "b.started").exists()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stackvault import __version__
-from stackvault.errors import UsageError
 from stackvault.sources.base import DataSource, Target
-from stackvault.sources.registry import get_source_class, known_types
+from stackvault.sources.registry import get_source_class
 
 COMMON_FIELDS = {"type", "depends_on", "hooks", "targets"}
 TARGET_KEY = {"sqlite": "path", "files": "path", "postgres": "database", "s3": "url",
@@ -17,11 +15,6 @@ TARGET_KEY = {"sqlite": "path", "files": "path", "postgres": "database", "s3": "
 def make_source(name: str, component: Any) -> DataSource:
     """The adapter for ``component``: its class from the registry, built from the component's
     own options (every field but the ones all components share)."""
-    if component.type not in known_types():
-        raise UsageError(f"{name}: the {component.type} source is not available in StackVault "
-                         f"{__version__} yet (the config format already accepts it)",
-                         hint="see docs/roadmap.md; back up its dump with `backup --stdin` "
-                         "meanwhile")
     cls: Any = get_source_class(component.type)
     options = {k: v for k, v in component.model_dump().items() if k not in COMMON_FIELDS}
     return cls(**options)
