@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,14 +43,24 @@ PASSWORD = "stackvault-bench-password"
 STACKVAULT = Path(sys.executable).parent / "stackvault"
 
 
-def timed(cmd: list[str] | str, *, env: dict[str, str] | None = None, shell: bool = False
-          ) -> tuple[float, str]:
+CPU: dict[str, list[float]] = {}  # step -> CPU seconds (user+sys) of the command's processes
+
+
+def timed(cmd: list[str] | str, *, env: dict[str, str] | None = None, shell: bool = False,
+          step: str | None = None) -> tuple[float, str]:
+    """Wall seconds and stdout of a command; with `step`, also record the CPU time of the
+    command and every process it waited for (pg_dump under stackvault, gzip under sh)."""
     subprocess.run(["sync"], check=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, shell=shell, env=env, capture_output=True, text=True)
     took = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    if step:
+        CPU.setdefault(step, []).append(after.ru_utime - before.ru_utime
+                                        + after.ru_stime - before.ru_stime)
     return took, proc.stdout
 
 
@@ -76,19 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             return statistics.median(fn() for _ in range(args.repeat))
 
         dump_fc = work / "db.dump"
-        results["pg_dump_fc_s"] = med(lambda: timed(
-            [str(bin_ / "pg_dump"), "-Fc", *conn, "-f", str(dump_fc), "postgres"])[0])
-        results["pg_dump_fc_bytes"] = dump_fc.stat().st_size
         gz = work / "db.sql.gz"
-        results["pg_dump_gzip_s"] = med(lambda: timed(
-            f"{bin_ / 'pg_dump'} {' '.join(conn)} postgres | gzip > {gz}", shell=True)[0])
-        results["pg_dump_gzip_bytes"] = gz.stat().st_size
-
         env = {**os.environ, "STACKVAULT_PASSWORD": PASSWORD}
         env.pop("STACKVAULT_KDF", None)
 
         def make_config(name: str, checksums: bool) -> tuple[list[str], Path]:
             cfg, repo = work / f"{name}.yaml", work / f"repo-{name}"
+            shutil.rmtree(repo, ignore_errors=True)
             cfg.write_text(f"version: 1\nrepository:\n  location: {repo}\ncomponents:\n"
                            f"  pg:\n    type: postgres\n    host: {pg.host}\n"
                            f"    port: {pg.port}\n    databases: [postgres]\n"
@@ -97,14 +103,26 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([*sv, "init"], env=env, check=True, capture_output=True)
             return sv, repo
 
-        fast, _ = make_config("counts", False)
-        took, _ = timed([*fast, "--json", "backup"], env=env)
-        results["stackvault_backup_counts_only_s"] = took
-
-        sv, repo = make_config("full", True)
-        took, out = timed([*sv, "--json", "backup"], env=env)
-        first = json.loads(out)
-        results["stackvault_backup_s"] = took
+        # Interleaved, so that both sides see the same machine: per round, pg_dump -Fc,
+        # pg_dump | gzip, and StackVault's first backup into a fresh repository (with and
+        # without checksums).
+        runs: dict[str, list[float]] = {}
+        for i in range(args.repeat):
+            runs.setdefault("pg_dump_fc_s", []).append(timed(
+                [str(bin_ / "pg_dump"), "-Fc", *conn, "-f", str(dump_fc), "postgres"],
+                step="pg_dump_fc")[0])
+            runs.setdefault("pg_dump_gzip_s", []).append(timed(
+                f"{bin_ / 'pg_dump'} {' '.join(conn)} postgres | gzip > {gz}", shell=True)[0])
+            fast, _ = make_config(f"counts-{i}", False)
+            runs.setdefault("stackvault_backup_counts_only_s", []).append(
+                timed([*fast, "--json", "backup"], env=env, step="sv_counts")[0])
+            sv, repo = make_config(f"full-{i}", True)
+            took, out = timed([*sv, "--json", "backup"], env=env, step="sv_full")
+            runs.setdefault("stackvault_backup_s", []).append(took)
+        results.update({k: statistics.median(v) for k, v in runs.items()})
+        results["pg_dump_fc_bytes"] = dump_fc.stat().st_size
+        results["pg_dump_gzip_bytes"] = gz.stat().st_size
+        first = json.loads(out)  # the last round's repository is used from here on
         results["stackvault_first_stored"] = first["summary"]["data_added_stored"]
         results["stackvault_repo_bytes"] = tree_bytes(repo)
         results["stackvault_unchanged_backup_s"] = med(
@@ -127,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         def pg_restore_once() -> float:
             name = f"r_pgrestore_{next(counter)}"
             pg.psql(f"CREATE DATABASE {name} TEMPLATE template0")
-            took, _ = timed([str(bin_ / "pg_restore"), *conn, "-d", name, str(dump_fc)])
+            took, _ = timed([str(bin_ / "pg_restore"), *conn, "-d", name, str(dump_fc)],
+                            step="pg_restore")
             pg.psql(f"DROP DATABASE {name}")
             return took
 
@@ -136,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         def sv_restore_once() -> float:
             name = f"r_sv_{next(counter)}"
             took, out = timed([*sv, "--json", "restore", "--component", "pg", "--to",
-                               f"pg={name}", "--yes"], env=env)
+                               f"pg={name}", "--yes"], env=env, step="sv_restore")
             report = json.loads(out)
             assert report["ok"], report
             restore_only.append(report["components"][0]["seconds"])
             pg.psql(f"DROP DATABASE {name}")
             return took
 
-        results["pg_restore_s"] = med(pg_restore_once)
-        results["stackvault_restore_s"] = med(sv_restore_once)
+        pairs = [(pg_restore_once(), sv_restore_once()) for _ in range(args.repeat)]
+        results["pg_restore_s"] = statistics.median(p for p, _ in pairs)
+        results["stackvault_restore_s"] = statistics.median(v for _, v in pairs)
         results["stackvault_restore_only_s"] = statistics.median(restore_only)
+        results["cpu_s"] = {k: statistics.median(v) for k, v in CPU.items()}
+    shutil.rmtree(work, ignore_errors=True)
     print_report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
@@ -186,6 +208,12 @@ def print_report(r: dict[str, Any]) -> None:
           f"{r['stackvault_restore_only_s']:.2f} s | "
           f"{ratio(r['stackvault_restore_only_s'], r['pg_restore_s'])} | (info) |")
     print(f"| unchanged backup | — | {r['stackvault_unchanged_backup_s']:.2f} s | | (info) |")
+    cpu = r["cpu_s"]
+    print("\nCPU seconds (user+sys) of the client processes (the server's are not counted):")
+    print(f"pg_dump -Fc {cpu['pg_dump_fc']:.2f}; StackVault backup with checksums "
+          f"{cpu['sv_full']:.2f}, counts only {cpu['sv_counts']:.2f} (pg_dump -Z0 included); "
+          f"pg_restore {cpu['pg_restore']:.2f}; StackVault restore {cpu['sv_restore']:.2f} "
+          "(pg_restore included)")
 
 
 if __name__ == "__main__":
