@@ -238,3 +238,57 @@ def test_wrong_password_is_reported_and_never_printed(stack: tuple[SV, Path], pg
     assert "nobody_here" in err  # trust auth: the role does not exist
     missing = sv("--json", "backup")  # the variable is not set at all
     assert "SHOP_PG_PASSWORD" in missing.json()["components"]["shop"]["error"]
+
+
+def _drill_leftovers(pg: PgServer) -> tuple[list[str], list[str]]:
+    import tempfile
+
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        dbs = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE "
+                                       "'sv\\_drill\\_%' OR datname LIKE '%\\_\\_sv\\_%'")]
+    tmp = sorted(p.name for p in Path(tempfile.gettempdir()).glob("stackvault-drill-*"))
+    return dbs, tmp
+
+
+def test_drill_passes_reports_and_cleans_up(stack: tuple[SV, Path], pg: PgServer) -> None:
+    sv, d = stack
+    db = (d / "dbname").read_text()
+    sv.ok("backup")
+    before = _drill_leftovers(pg)
+    live = pg_rows(pg, db)
+    report = d / "drill.md"
+    out = sv.json("drill", "--report", str(report))
+    assert out["ok"] is True, out
+    assert {c["component"] for c in out["components"]} == {"shop", "jobs", "config"}
+    assert all(c["verified"] for c in out["components"])
+    assert out["rto_seconds"] > 0 and 0 <= out["rpo_seconds"] < 600
+    shop = next(c for c in out["components"] if c["component"] == "shop")
+    assert "sv_drill_" in shop["target"] and db in shop["target"]
+    assert _drill_leftovers(pg) == before  # scratch databases and folders are gone
+    assert pg_rows(pg, db) == live  # production untouched
+    assert "PASSED" in report.read_text() and "| shop (postgres) |" in report.read_text()
+    history = sv.json("drills")
+    assert len(history) == 1 and history[0]["ok"] is True
+    assert "passed" in sv.ok("drills").text
+
+
+def test_drill_of_a_damaged_snapshot_fails_clearly_and_cleans_up(
+        stack: tuple[SV, Path], pg: PgServer) -> None:
+    sv, d = stack
+    sv.ok("backup")
+    before = _drill_leftovers(pg)
+    packs = sorted((d / "repo" / "data").rglob("*"), key=lambda p: p.stat().st_size
+                   if p.is_file() else 0)
+    biggest = packs[-1]
+    data = bytearray(biggest.read_bytes())
+    for i in range(100, len(data), 4096):
+        data[i] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+    res = sv("--json", "drill", "--report", str(d / "drill.html"))
+    assert res.rc == 3, str(res)
+    out = res.json()
+    assert out["ok"] is False and out["failures"]
+    assert any(not c["ok"] for c in out["components"])
+    assert _drill_leftovers(pg) == before
+    assert "FAILED" in (d / "drill.html").read_text()
+    assert sv.json("drills")[-1]["ok"] is False

@@ -15,6 +15,7 @@ from stackvault.cli import (
     cmd_browse,
     cmd_config,
     cmd_demo,
+    cmd_drill,
     cmd_maintain,
     cmd_repo,
     cmd_restore,
@@ -73,8 +74,7 @@ def main_options(
 
 
 for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_config,
-               cmd_stack,
-               cmd_demo):
+               cmd_stack, cmd_demo, cmd_drill):
     module.register(app)
 
 

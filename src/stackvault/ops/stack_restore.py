@@ -129,7 +129,10 @@ def parse_selectors(selectors: list[str]) -> dict[str, list[str] | None]:
 
 def plan_restore(repo: Repository, config: Any, *, ref: str = "latest",
                  at: datetime | None = None, selectors: list[str] | None = None,
-                 to: dict[str, str] | None = None) -> RestorePlan:
+                 to: dict[str, str] | None = None,
+                 targets: dict[str, dict[str, Any]] | None = None) -> RestorePlan:
+    """Which snapshot, which components in which order, into which targets. `to` holds
+    `--to` texts; `targets` ready-made targets (drills) and wins over `to`."""
     from stackvault.config.schema import restore_order
 
     chosen = parse_selectors(selectors or [])
@@ -155,7 +158,8 @@ def plan_restore(repo: Repository, config: Any, *, ref: str = "latest",
             if name not in names:
                 continue
             comp = config.components[name]
-            target = dict(parse_target(comp, to[name])) if to and name in to else None
+            target = (dict(targets[name]) if targets and name in targets else
+                      dict(parse_target(comp, to[name])) if to and name in to else None)
             source = make_source(name, comp)
             steps.append(RestoreStep(
                 component=name, type=comp.type, layer=layer_no, target=target,

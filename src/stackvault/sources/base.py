@@ -7,7 +7,9 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -214,6 +216,47 @@ class DataSource(Protocol):
     def describe_target(self, target: Target | None = None) -> str:
         """One line for a restore plan: what `restore(target=...)` would overwrite."""
         ...
+
+
+@runtime_checkable
+class Drillable(Protocol):
+    """What a restore drill needs beyond `DataSource`: a scratch target that is never the live
+    store, its removal, and the store-native probes the user declares in `drill.probes`."""
+
+    def scratch_target(self, label: str) -> Target:
+        """A new target for a drill (a temporary file or folder, a scratch database, a
+        collection prefix...) that `restore(target=...)` accepts; never the live store."""
+        ...
+
+    def remove_target(self, target: Target) -> None:
+        """Delete what a drill restored into `target` (a target from `scratch_target` or given
+        in `drill.targets`). Idempotent."""
+        ...
+
+    def run_probe(self, probe: Mapping[str, Any], *, target: Target | None = None) -> str:
+        """Run one probe (e.g. `{"sql": "SELECT count(*) FROM documents"}`) against `target`
+        and return what it found, as text. UsageError for a probe kind this store lacks."""
+        ...
+
+
+DRILL_PREFIX = "stackvault-drill-"
+
+
+def scratch_folder(label: str) -> Path:
+    """A new empty temporary folder for a drill's file-based targets."""
+    return Path(tempfile.mkdtemp(prefix=f"{DRILL_PREFIX}{label}-"))
+
+
+def remove_scratch_path(path: Path) -> None:
+    """Remove a drill's file or folder and, if it is one, the temporary folder made for it."""
+    for p in (path, path.parent):
+        if p.name.startswith(DRILL_PREFIX) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 # --- names, exclusion, trees: shared definitions -------------------------------------------

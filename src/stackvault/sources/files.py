@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from stackvault.errors import SourceError, SourceUnavailable, UsageError
 from stackvault.sources.base import (
@@ -20,6 +20,8 @@ from stackvault.sources.base import (
     Target,
     TreeEntry,
     hash_file,
+    remove_scratch_path,
+    scratch_folder,
     tree_digest,
     validate_name,
     walk_tree,
@@ -90,6 +92,23 @@ class FilesSource:
         except SourceUnavailable as e:
             return ProbeResult(False, "", None, str(e))
         return ProbeResult(True, "", size, f"{len(self.items)} paths, {files} files")
+
+    # -- drills
+    def scratch_target(self, label: str) -> Target:
+        return {"path": str(scratch_folder(label))}
+
+    def remove_target(self, target: Target) -> None:
+        base = self._base(target)
+        if base is not None:
+            remove_scratch_path(base)
+
+    def run_probe(self, probe: Mapping[str, Any], *, target: Target | None = None) -> str:
+        """`{"file": PATH}`: the SHA-256 of that file (as backed up: an absolute path) under
+        the target, or '' if it is missing."""
+        if set(probe) != {"file"}:
+            raise UsageError(f"a files probe checks a `file`; got {', '.join(sorted(probe))}")
+        where = self._where(str(probe["file"]).lstrip("/"), self._base(target))
+        return hash_file(where)[1] if where.is_file() else ""
 
     def describe_target(self, target: Target | None = None) -> str:
         base = self._base(target)

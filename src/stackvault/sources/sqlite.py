@@ -10,7 +10,7 @@ import secrets
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +29,8 @@ from stackvault.sources.base import (
     Fingerprint,
     ProbeResult,
     Target,
+    remove_scratch_path,
+    scratch_folder,
 )
 
 ARTIFACT = "db.sqlite3"
@@ -305,6 +307,28 @@ class SqliteSource:
             raise UsageError(f"a sqlite restore target takes exactly 'path', got {sorted(target)}",
                              hint="e.g. --to db=/tmp/scratch.sqlite3")
         return Path(target["path"])
+
+    # -- drills
+    def scratch_target(self, label: str) -> Target:
+        return {"path": str(scratch_folder(label) / self.path.name)}
+
+    def remove_target(self, target: Target) -> None:
+        path = self._target_path(target)
+        _remove_sidecars(path)
+        remove_scratch_path(path)
+
+    def run_probe(self, probe: Mapping[str, Any], *, target: Target | None = None) -> str:
+        """`{"sql": QUERY}`: the first column of the first row, as text ('' if no row)."""
+        if set(probe) != {"sql"}:
+            raise UsageError(f"a sqlite probe runs `sql`; got {', '.join(sorted(probe))}")
+        path = self._target_path(target)
+        try:
+            with closing(_connect(path, mode="ro")) as con:
+                row = con.execute(str(probe["sql"])).fetchone()
+        except sqlite3.Error as e:
+            raise SourceError(f"{path}: probe query failed: {e}") from e
+        return "" if row is None or row[0] is None else _s(row[0]) if isinstance(
+            row[0], bytes) else str(row[0])
 
     def describe_target(self, target: Target | None = None) -> str:
         path = self._target_path(target)

@@ -132,6 +132,8 @@ class PostgresSource:
 
     def _db_map(self, target: Target | None, names: list[str]) -> dict[str, str]:
         """Snapshot database -> database to write (or fingerprint)."""
+        if target and "database_prefix" in target:  # drills: every database, renamed
+            return {n: f"{target['database_prefix']}{n}"[:63] for n in names}
         wanted = target_db(target)
         if wanted is None:
             return {n: n for n in names}
@@ -141,6 +143,35 @@ class PostgresSource:
                              hint="give the databases in stackvault.yaml one per component, "
                                   "or restore without --to")
         return {names[0]: wanted}
+
+    # -- drills
+    def scratch_target(self, label: str) -> Target:
+        return {"database_prefix": f"sv_drill_{label}_"}
+
+    def remove_target(self, target: Target) -> None:
+        conn = self._conn(target)
+        for db in self._db_map(target, self.databases).values():
+            drop_database(conn, db)
+
+    def run_probe(self, probe: Mapping[str, Any], *, target: Target | None = None) -> str:
+        """`{"sql": QUERY}` (in the first database, or `database: NAME`): the first column of
+        the first row, as text ('' if no row)."""
+        if "sql" not in probe or set(probe) - {"sql", "database"}:
+            raise UsageError("a postgres probe runs `sql` (optionally in `database`); got "
+                             + ", ".join(sorted(probe)))
+        label = str(probe.get("database") or self.databases[0])
+        dbs = self._db_map(target, self.databases)
+        if label not in dbs:
+            raise UsageError(f"probe database {label!r} is not one of {', '.join(dbs)}")
+        with contextlib.closing(self._conn(target).connect(dbs[label])) as c:
+            try:
+                row = c.execute(str(probe["sql"])).fetchone()
+            except psycopg.Error as e:
+                raise SourceError(f"probe query failed in {dbs[label]}: "
+                                  f"{str(e).strip().splitlines()[0]}") from e
+            finally:
+                c.rollback()
+        return "" if row is None or row[0] is None else str(row[0])
 
     # -- probe
     def probe(self) -> ProbeResult:
@@ -317,7 +348,7 @@ class PostgresSource:
         for dest in mapping.values():  # fail fast, before any work
             if not force:
                 refuse_if_in_use(conn, dest)
-        if self.globals and GLOBALS in names:
+        if self.globals and GLOBALS in names and not (target and "database_prefix" in target):
             self._restore_globals(source, conn, tools)
         for db, dest in mapping.items():
             scratch = self._restore_to_scratch(source, conn, tools, db, metas[db])

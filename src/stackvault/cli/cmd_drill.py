@@ -1,0 +1,69 @@
+"""`stackvault drill` (restore a stack snapshot into scratch targets, check, time, clean up)
+and `stackvault drills` (the history kept in the repository)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from stackvault.cli.cmd_stack import _repo_for_reading, load_stack_config, open_stack_repo
+from stackvault.cli.context import Ctx
+from stackvault.errors import PartialFailure, UsageError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("drill")(drill)
+    app.command("drills")(drills)
+
+
+def drill(
+    ctx: typer.Context,
+    snapshot: str = typer.Argument("latest", help="Stack snapshot id (prefix) or 'latest'."),
+    component: list[str] = typer.Option([], "--component", help="Drill only this component "
+                                        "(repeatable); default: every component."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the report to this "
+                                       "file: Markdown (.md) or HTML (.html)."),
+) -> None:
+    """Restore a snapshot into scratch targets, verify it, run the config's probes, measure
+    RTO and RPO against the targets, remove the scratch targets, keep the report."""
+    from stackvault.ops.drill import markdown, run_drill, save_drill, to_html
+
+    c: Ctx = ctx.obj
+    if report is not None and report.suffix.lower() not in (".md", ".html", ".htm"):
+        raise UsageError(f"--report {report}: the file must end in .md or .html")
+    config = load_stack_config(c)
+    repo = open_stack_repo(c, config)
+    with c.progress("drill") as progress:
+        result = run_drill(repo, config, ref=snapshot, components=component or None,
+                           progress=progress, retry_lock=c.opts.retry_lock)
+    save_drill(repo, result)
+    if report is not None:
+        text = to_html(result) if report.suffix.lower() != ".md" else markdown(result)
+        report.write_text(text, encoding="utf-8")
+    if c.opts.json:
+        c.emit(result.to_dict())
+    else:
+        c.out.print(markdown(result), markup=False)
+    if not result.ok:
+        raise PartialFailure(f"the drill failed: {len(result.failures)} problem(s)",
+                             hint=result.failures[0])
+
+
+def drills(ctx: typer.Context) -> None:
+    """List the restore drills kept in the repository: when, which snapshot, the measured RTO
+    and RPO, and whether each passed."""
+    from stackvault.ops.drill import list_drills
+
+    c: Ctx = ctx.obj
+    history = list_drills(_repo_for_reading(c))
+    if c.opts.json:
+        c.emit([r.to_dict() for r in history])
+        return
+    if not history:
+        c.info("no drills yet: run `stackvault drill`")
+        return
+    c.out.print(f"{'started':<26} {'snapshot':<9} {'RTO':>8} {'RPO':>9}  result", markup=False)
+    for r in history:
+        c.out.print(f"{r.started[:25]:<26} {r.snapshot[:8]:<9} {r.rto_seconds:7.2f}s "
+                    f"{r.rpo_seconds:8.0f}s  {'passed' if r.ok else 'FAILED'}", markup=False)
