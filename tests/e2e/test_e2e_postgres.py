@@ -292,3 +292,45 @@ def test_drill_of_a_damaged_snapshot_fails_clearly_and_cleans_up(
     assert _drill_leftovers(pg) == before
     assert "FAILED" in (d / "drill.html").read_text()
     assert sv.json("drills")[-1]["ok"] is False
+
+
+def test_drill_probes_pass_and_a_wrong_expectation_fails(stack: tuple[SV, Path],
+                                                        pg: PgServer) -> None:
+    sv, d = stack
+    cfg = d / "stackvault.yaml"
+    env_file = next((d / "conf").glob(".env"))
+    probes = f"""
+drill:
+  targets:
+    jobs: {d / "drill-jobs.db"}
+  probes:
+    - name: customers
+      component: shop
+      sql: SELECT count(*) FROM customers
+      expect: 200
+    - component: jobs
+      sql: SELECT count(*) FROM jobs WHERE state = 'done'
+      expect: "50"
+    - component: config
+      file: {env_file}
+"""
+    cfg.write_text(cfg.read_text() + probes)
+    sv.ok("backup")
+    out = sv.json("drill")
+    assert out["ok"] is True, out
+    assert [p["ok"] for p in out["probes"]] == [True, True, True]
+    assert out["probes"][0]["found"] == "200"
+    assert not (d / "drill-jobs.db").exists()  # the given scratch target is removed too
+
+    cfg.write_text(cfg.read_text().replace("expect: 200", "expect: 201"))
+    res = sv("--json", "drill")
+    assert res.rc == 3, str(res)
+    out = res.json()
+    assert out["probes"][0] == {"name": "customers", "component": "shop", "ok": False,
+                                "expected": "201", "found": "200", "error": None}
+    assert "probe customers: expected '201', found '200'" in out["failures"]
+
+    # a drill target that is the live store is refused before anything happens
+    cfg.write_text(cfg.read_text().replace(str(d / "drill-jobs.db"), str(d / "jobs.db")))
+    res = sv("drill")
+    assert res.rc == 2 and "is the live store" in res.err

@@ -19,14 +19,17 @@ from stackvault.config.schema import (
     COMPONENT_TYPES,
     SECRET_WORDS,
     ComponentBase,
+    DrillConfig,
     FilesComponent,
     Hook,
     Hooks,
     HttpCall,
     PostgresComponent,
+    Probe,
     RedisComponent,
     RepositoryConfig,
     S3Component,
+    SearchProbe,
     SqliteComponent,
     StackConfig,
     Targets,
@@ -52,6 +55,9 @@ SECTIONS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("A hook (an item of pre or post)", "hook", Hook, False),
     ("http", "http", HttpCall, False),
     ("targets", "targets", Targets, False),
+    ("drill", "drill", DrillConfig, False),
+    ("A probe (an item of drill.probes)", "probe", Probe, False),
+    ("search (of a probe)", "search", SearchProbe, False),
 ]
 _ANCHORS = {model: anchor for _, anchor, model, _ in SECTIONS}
 

@@ -87,6 +87,11 @@ EXAMPLE: dict[str, Any] = {
             "secret_key_env": "MINIO_SECRET_KEY",
         },
     },
+    "drill": {
+        "targets": {"jobs-db": "/var/tmp/stackvault-drill/jobs.sqlite3"},
+        "probes": [{"name": "documents are there", "component": "app-db",
+                    "sql": "SELECT count(*) > 0 FROM documents", "expect": "True"}],
+    },
 }
 
 

@@ -614,6 +614,61 @@ class RepositoryConfig(_Model):
         return self
 
 
+class SearchProbe(_Model):
+    """A vector search that must find a given point or record."""
+
+    collection: NonEmptyStr = Field(description="The collection to search.",
+                                    examples=["chunks"])
+    near_id: str | int = Field(description="Search with the stored vector of this point or "
+                               "record (so no model is needed).", examples=[17])
+    top: int = Field(5, ge=1, le=100, description="How many results to look at.")
+
+
+class Probe(_Model):
+    """A check a restore drill runs against the restored copy (never the live store). The
+    probe passes when what it finds equals `expect` (as text), or, without `expect`, when it
+    finds anything."""
+
+    name: NonEmptyStr | None = Field(None, description="A name for reports.",
+                                     examples=["documents are there"])
+    component: Name = Field(description="The component it checks.", examples=["app_db"])
+    sql: NonEmptyStr | None = Field(
+        None, description="postgres, sqlite: a query; it finds the first column of the first "
+                          "row.", examples=["SELECT count(*) FROM documents"])
+    database: NonEmptyStr | None = Field(
+        None, description="postgres: which of the component's databases `sql` runs in "
+                          "(default: the first).")
+    key: NonEmptyStr | None = Field(None, description="redis: a key that must exist; it finds "
+                                    "the key's type.", examples=["config:model"])
+    file: NonEmptyStr | None = Field(None, description="files: a file (its absolute path as "
+                                     "backed up) that must exist; it finds its SHA-256.",
+                                     examples=["/srv/rag/config/settings.yaml"])
+    search: SearchProbe | None = Field(
+        None, description="qdrant, chroma: a search; it finds the ids of the results, "
+                          "comma-separated, and passes when `expect` is among them.")
+    expect: str | int | None = Field(None, description="What the probe must find.",
+                                     examples=["42"])
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        if len(_given(data, "sql", "key", "file", "search")) != 1:
+            return [((), "a probe has exactly one of `sql`, `key`, `file` or `search`")]
+        return []
+
+
+class DrillConfig(_Model):
+    """Restore drills (`stackvault drill`): where to restore, and what to check."""
+
+    targets: dict[Name, NonEmptyStr] = Field(
+        default_factory=dict,
+        description="Per component, the scratch target to restore into (as `--to` takes it); "
+                    "default: one the component's type picks (a temporary file or folder, a "
+                    "scratch database, a collection prefix). Never the live store.",
+        examples=[{"app_db": "/var/tmp/drill/app.db"}])
+    probes: list[Probe] = Field(default_factory=list,
+                                description="Checks run against the restored copies.")
+
+
 class StackConfig(_Model):
     """A stack: its repository, its components and hooks around the whole backup."""
 
@@ -625,6 +680,8 @@ class StackConfig(_Model):
     components: dict[Name, Component] = Field(
         min_length=1, description="The stack's components, by name; `type` says which kind "
                                   "each is.")
+    drill: DrillConfig = Field(default_factory=DrillConfig,
+                               description="Restore drills: scratch targets and probes.")
 
     _source: Path | None = PrivateAttr(None)
     _sha256: str = PrivateAttr("")
@@ -639,7 +696,8 @@ class StackConfig(_Model):
 
     @classmethod
     def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
-        return graph_problems(data.get("components"))
+        return graph_problems(data.get("components")) + drill_problems(
+            data.get("components"), data.get("drill"))
 
     @property
     def source(self) -> Path | None:
@@ -653,6 +711,26 @@ class StackConfig(_Model):
 
 
 # --------------------------------------------------------------------------- dependencies
+
+
+def drill_problems(components: Any, drill: Any) -> list[tuple[Loc, str]]:
+    """Drill targets and probes that name components the config does not have."""
+    if not isinstance(components, dict) or not isinstance(drill, dict):
+        return []
+    known = ", ".join(sorted(k for k in components if isinstance(k, str)))
+    out: list[tuple[Loc, str]] = []
+    targets = drill.get("targets")
+    for name in targets if isinstance(targets, dict) else []:
+        if name not in components:
+            out.append((("drill", "targets", name),
+                        f"unknown component '{name}' (the config has: {known})"))
+    probes = drill.get("probes")
+    for i, probe in enumerate(probes if isinstance(probes, list) else []):
+        name = probe.get("component") if isinstance(probe, dict) else None
+        if isinstance(name, str) and name not in components:
+            out.append((("drill", "probes", i, "component"),
+                        f"unknown component '{name}' (the config has: {known})"))
+    return out
 
 
 def graph_problems(components: Any) -> list[tuple[Loc, str]]:
