@@ -100,3 +100,40 @@ def test_backup_flush_restore_and_restore_elsewhere(
     elsewhere = sv.json("restore", "--component", "cache", "--to", f"cache={b.url}", "--yes")
     assert elsewhere["ok"] is True and elsewhere["safety_snapshot"] is None
     assert snapshot_of(b) == before
+
+
+def _redis_servers() -> set[int]:
+    """PIDs of the redis-server processes running now (not zombies waiting for PID 1 to
+    reap them: a stopped daemonized server is not our child)."""
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+                name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")")[-1]
+                if name == "redis-server" and state.split()[0] != "Z":
+                    out.add(int(proc.name))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def test_drill_restores_into_a_throwaway_server_with_a_probe(
+        redis_stack: tuple[SV, RedisServer, RedisServer], tmp_path: Path) -> None:
+    sv, a, _ = redis_stack
+    fill(a)
+    cfg = tmp_path / "stackvault.yaml"
+    cfg.write_text(cfg.read_text() + "drill:\n  probes:\n    - component: cache\n"
+                   "      key: config\n      expect: hash\n")
+    sv.ok("backup")
+    before_servers, live = _redis_servers(), snapshot_of(a)
+    a.client().set("written after the backup", "1")
+    out = sv.json("drill")
+    assert out["ok"] is True, out
+    assert out["components"][0]["verified"] is True
+    assert "127.0.0.1" in out["components"][0]["target"] and str(a.port) not in \
+        out["components"][0]["target"]
+    assert out["probes"][0]["found"] == "hash"
+    assert _redis_servers() == before_servers  # the throwaway server is gone
+    assert a.client().get("written after the backup") == b"1"  # the live server untouched
+    del live

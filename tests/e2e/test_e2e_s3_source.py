@@ -130,3 +130,21 @@ def test_unreachable_endpoint_is_a_failed_component(stack: tuple[SV, Any, str, s
     assert res.rc == 3, str(res)
     err = res.json()["components"]["media"]["error"]
     assert "cannot reach the S3 endpoint http://127.0.0.1:9" in err
+
+
+def test_drill_restores_into_a_temporary_bucket_and_deletes_it(
+        stack: tuple[SV, Any, str, str], tmp_path: Path) -> None:
+    sv, c, media, docs = stack
+    cfg = tmp_path / "stackvault.yaml"
+    cfg.write_text(cfg.read_text() + "drill:\n  probes:\n    - component: media\n"
+                   "      key: video/big.mp4\n      expect: 10485760\n")
+    sv.ok("backup")
+    buckets = {b["Name"] for b in c.list_buckets()["Buckets"]}
+    live = objects(c, media)
+    out = sv.json("drill")
+    assert out["ok"] is True, out
+    assert out["components"][0]["verified"] is True
+    assert "s3://sv-drill-" in out["components"][0]["target"]
+    assert out["probes"][0]["found"] == "10485760"
+    assert {b["Name"] for b in c.list_buckets()["Buckets"]} == buckets  # drill bucket gone
+    assert objects(c, media) == live

@@ -638,8 +638,10 @@ class Probe(_Model):
     database: NonEmptyStr | None = Field(
         None, description="postgres: which of the component's databases `sql` runs in "
                           "(default: the first).")
-    key: NonEmptyStr | None = Field(None, description="redis: a key that must exist; it finds "
-                                    "the key's type.", examples=["config:model"])
+    key: NonEmptyStr | None = Field(
+        None, description="redis: a key that must exist; it finds the key's type. s3: an "
+                          "object key (below the first bucket/prefix); it finds its size.",
+        examples=["config:model"])
     file: NonEmptyStr | None = Field(None, description="files: a file (its absolute path as "
                                      "backed up) that must exist; it finds its SHA-256.",
                                      examples=["/srv/rag/config/settings.yaml"])

@@ -11,7 +11,7 @@ import re
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar
@@ -385,6 +385,50 @@ class S3BucketSource:
             return [dest]
         return [Location(dest.bucket, f"{dest.prefix}{loc.bucket}/{loc.prefix}")
                 for loc in locations]
+
+    # -- drills
+    def scratch_target(self, label: str) -> Target:
+        """A new bucket `sv-drill-<label>` on the same endpoint (created by the restore,
+        deleted by `remove_target`): nothing is written next to live objects."""
+        name = re.sub(r"[^a-z0-9-]", "-", f"sv-drill-{label}".lower())[:63].strip("-")
+        return {"url": f"s3://{name}/"}
+
+    def remove_target(self, target: Target) -> None:
+        """Delete every object under the drill's destinations; a `sv-drill-` bucket too."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for d in self._destinations(self.locations, target):
+            if not self._check_bucket(d.bucket):
+                continue
+            keys = [o["Key"] for o in self._list(d.bucket, d.prefix)]
+            for start in range(0, len(keys), 1000):
+                self._call(f"drill cleanup in {d.bucket}", d.bucket,
+                           self._client().delete_objects, Bucket=d.bucket,
+                           Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                   "Quiet": True})
+            if d.bucket.startswith("sv-drill-"):
+                try:
+                    self._client().delete_bucket(Bucket=d.bucket)
+                except (ClientError, BotoCoreError) as e:
+                    raise self._error(e, f"deleting drill bucket {d.bucket}", d.bucket) from e
+
+    def run_probe(self, probe: Mapping[str, Any], *, target: Target | None = None) -> str:
+        """`{"key": KEY}` (relative to the first configured location): the object's size
+        ('' if it does not exist)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if set(probe) != {"key"}:
+            raise UsageError(f"an s3 probe checks an object `key`; got {', '.join(sorted(probe))}")
+        d = self._destinations(self.locations, target)[0]
+        try:
+            head = self._client().head_object(Bucket=d.bucket, Key=d.prefix + str(probe["key"]))
+        except ClientError as e:
+            if _status(e) == 404:
+                return ""
+            raise self._error(e, f"probe of {d.bucket}", d.bucket) from e
+        except BotoCoreError as e:
+            raise self._error(e, f"probe of {d.bucket}", d.bucket) from e
+        return str(head.get("ContentLength", ""))
 
     def describe_target(self, target: Target | None = None) -> str:
         dests = self._destinations(self.locations, target)

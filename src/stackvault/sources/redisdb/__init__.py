@@ -54,6 +54,8 @@ from stackvault.sources.redisdb.stream import (
 from stackvault.sources.redisdb.throwaway import _Throwaway
 from stackvault.sources.redisdb.writer import _Writer
 
+_SCRATCH_KEYS = ("scratch_pid", "scratch_dir")  # a drill's throwaway server
+
 __all__ = ["LOGICAL_ARTIFACT", "MAGIC", "RDB_ARTIFACT", "RedisSource", "_Reader"]
 
 
@@ -153,10 +155,53 @@ class RedisSource:
     def _target(self, target: Target | None) -> RedisUrl:
         if target is None:
             return self.url
-        if set(target) != {"url"}:
+        if "url" not in target or set(target) - {"url", *_SCRATCH_KEYS}:
             raise UsageError(f"a redis restore target takes exactly 'url', got {sorted(target)}",
                              hint="e.g. --to cache=redis://127.0.0.1:6390/0")
         return parse_url(str(target["url"]))
+
+    # -- drills
+    def scratch_target(self, label: str) -> Target:
+        """A throwaway redis-server (this machine's redis-server, or redis_bin_dir's) on a free
+        loopback port with the component's credentials: the drill never writes to a live
+        Redis. Removed by `remove_target`."""
+        folder = Path(tempfile.mkdtemp(prefix=f"stackvault-drill-{label}-redis-",
+                                       dir=self.tmp_dir))
+        server = _Throwaway(self._bin("redis-server"), folder, username=self.username,
+                            password=self._password())
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return {"url": f"redis://127.0.0.1:{server.port}", "scratch_pid": server.pid,
+                "scratch_dir": str(folder)}
+
+    def remove_target(self, target: Target) -> None:
+        """Stop a drill's throwaway server; a target given in drill.targets is emptied of
+        the databases the drill restored into (FLUSHDB)."""
+        if "scratch_pid" in target:
+            server = _Throwaway("", Path(str(target["scratch_dir"])))
+            server.pid = int(target["scratch_pid"])
+            server.stop()
+            shutil.rmtree(str(target["scratch_dir"]), ignore_errors=True)
+            return
+        url = self._target(target)
+        with _redis_errors(url, "cleaning up the drill target"):
+            for db in ([url.db] if url.db is not None else
+                       list(self.databases or _keyspace(self._client(url)))):
+                self._client(url, db).flushdb()
+
+    def run_probe(self, probe: Mapping[str, Any], *, target: Target | None = None) -> str:
+        """`{"key": KEY}`: the key's type ('' if it does not exist)."""
+        if set(probe) != {"key"}:
+            raise UsageError(f"a redis probe checks a `key`; got {', '.join(sorted(probe))}")
+        url = self._target(target)
+        with _redis_errors(url, "probing"):
+            found = self._client(url, url.db or 0).type(str(probe["key"]))
+        text = found.decode() if isinstance(found, bytes) else str(found)
+        return "" if text == "none" else text
 
     def _dbs(self, client: redis.Redis) -> list[int]:
         return list(self.databases) if self.databases is not None else list(_keyspace(client))

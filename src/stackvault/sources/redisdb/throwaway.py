@@ -52,11 +52,13 @@ class _Throwaway:
     """A private redis-server on a free loopback port in `folder`, loading `folder/dump.rdb`
     if present; stopped by its PID."""
 
-    def __init__(self, server_bin: str, folder: Path) -> None:
+    def __init__(self, server_bin: str, folder: Path, *, username: str | None = None,
+                 password: str | None = None) -> None:
         self.server_bin = server_bin
         self.folder = folder
         self.pid: int | None = None
         self.port = 0
+        self.username, self.password = username, password
 
     def _log_tail(self) -> str:
         try:
@@ -70,7 +72,8 @@ class _Throwaway:
         for _attempt in range(3):
             pidfile.unlink(missing_ok=True)  # a failed attempt's
             self.port = _free_port()
-            cmd = [self.server_bin, "--bind", "127.0.0.1", "--port", str(self.port),
+            cmd = [self.server_bin, *self._auth_config(),
+                   "--bind", "127.0.0.1", "--port", str(self.port),
                    "--dir", str(self.folder), "--dbfilename", RDB_ARTIFACT,
                    "--save", "", "--appendonly", "no", "--daemonize", "yes",
                    "--pidfile", str(pidfile), "--logfile", str(self.folder / "redis.log"),
@@ -113,8 +116,22 @@ class _Throwaway:
                                          "(redis_bin_dir)")
         raise SourceError("could not start a throwaway redis-server: no free port")
 
+    def _auth_config(self) -> list[str]:
+        """A config file (mode 0600, never the command line) giving the throwaway server the
+        same credentials as the real one, so the component's settings reach it unchanged."""
+        if self.password is None:
+            return []
+        conf = self.folder / "auth.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            if self.username and self.username != "default":
+                f.write(f"user {self.username} on >{self.password} ~* &* +@all\n")
+            f.write(f"requirepass {self.password}\n")
+        return [str(conf)]
+
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, db=db, protocol=2,
+                           username=self.username, password=self.password,
                            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=IO_TIMEOUT)
 
     def stop(self) -> None:
