@@ -334,3 +334,34 @@ drill:
     cfg.write_text(cfg.read_text().replace(str(d / "drill-jobs.db"), str(d / "jobs.db")))
     res = sv("drill")
     assert res.rc == 2 and "is the live store" in res.err
+
+
+def test_status_for_cron_and_monitoring(stack: tuple[SV, Path], pg: PgServer) -> None:
+    sv, d = stack
+    cfg = d / "stackvault.yaml"
+    never = sv("--json", "status")
+    assert never.rc == 3 and "shop: never backed up" in never.json()["problems"]
+    sv.ok("backup")
+    sv.ok("drill")
+    out = sv.json("status")
+    assert out["ok"] is True, out
+    shop = next(c for c in out["components"] if c["name"] == "shop")
+    assert shop["reachable"] is True and shop["version"].startswith("PostgreSQL 15")
+    assert shop["size_bytes"] > 0 and shop["last_backup_age_s"] < 300
+    assert out["repository"]["snapshots"] == 1 and out["repository"]["free_bytes"] > 0
+    assert out["last_drill"]["ok"] is True
+    text = sv.ok("status").text
+    assert "last drill" in text and "shop" in text
+
+    # an RPO target the last backup misses, and a server that is down
+    text = cfg.read_text()
+    port_line = next(ln for ln in text.splitlines() if ln.strip().startswith("port:"))
+    cfg.write_text(text.replace(port_line, f"    port: {free_port()}").replace(
+        "    type: sqlite\n", "    type: sqlite\n    targets: {rpo: 1s}\n"))
+    import time
+    time.sleep(1.2)
+    res = sv("--json", "status")
+    assert res.rc == 3
+    problems = res.json()["problems"]
+    assert any(p.startswith("shop: not reachable") for p in problems), problems
+    assert any(p.startswith("jobs: last backup") and "RPO target" in p for p in problems)

@@ -1,5 +1,5 @@
-"""`stackvault drill` (restore a stack snapshot into scratch targets, check, time, clean up)
-and `stackvault drills` (the history kept in the repository)."""
+"""`stackvault drill` (restore a stack snapshot into scratch targets, check, time, clean up),
+`stackvault drills` (the history kept in the repository) and `stackvault status`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from stackvault.errors import PartialFailure, UsageError
 def register(app: typer.Typer) -> None:
     app.command("drill")(drill)
     app.command("drills")(drills)
+    app.command("status")(status)
 
 
 def drill(
@@ -67,3 +68,41 @@ def drills(ctx: typer.Context) -> None:
     for r in history:
         c.out.print(f"{r.started[:25]:<26} {r.snapshot[:8]:<9} {r.rto_seconds:7.2f}s "
                     f"{r.rpo_seconds:8.0f}s  {'passed' if r.ok else 'FAILED'}", markup=False)
+
+
+def status(ctx: typer.Context) -> None:
+    """Each component (reachable, version, size, last backup against its RPO target), the last
+    drill, the repository (reachable, size, ratio, free space). Exit 3 if anything needs
+    attention, so cron and monitoring can call it."""
+    from stackvault.cli.context import human
+    from stackvault.ops.status import stack_status
+
+    c: Ctx = ctx.obj
+    config = load_stack_config(c)
+    result = stack_status(config, lambda: open_stack_repo(c, config))
+    if c.opts.json:
+        c.emit(result.to_dict())
+    else:
+        for comp in result.components:
+            size = human(comp.size_bytes) if comp.size_bytes is not None else "-"
+            age = ("never" if comp.last_backup_age_s is None
+                   else f"{comp.last_backup_age_s / 3600:.1f}h ago")
+            state = "ok" if comp.reachable else "DOWN"
+            c.out.print(f"  {comp.name:<16} {comp.type:<9} {state:<5} {comp.version[:28]:<28} "
+                        f"{size:>10}  last backup {age}", markup=False)
+        r = result.repository
+        if r.get("reachable"):
+            free = human(r["free_bytes"]) if r.get("free_bytes") is not None else "n/a"
+            c.out.print(f"  repository: {r['snapshots']} stack snapshot(s), "
+                        f"{human(r['size_bytes'])} stored for {human(r['protected_bytes'])} "
+                        f"backed up ({r['ratio'] or '-'}×), {free} free", markup=False)
+        if result.last_drill:
+            d = result.last_drill
+            c.out.print(f"  last drill: {d['started'][:19]} "
+                        f"{'passed' if d['ok'] else 'FAILED'}, RTO {d['rto_seconds']:.1f}s",
+                        markup=False)
+        for p in result.problems:
+            c.err.print(f"attention: {p}", markup=False)
+    if result.problems:
+        raise PartialFailure(f"{len(result.problems)} thing(s) need attention",
+                             hint=result.problems[0])
