@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     WRONG_PASSWORD = 12  # no key could be opened with the password
     STORAGE_UNAVAILABLE = 13  # storage unreachable or refusing requests after retries
     STORAGE_FULL = 14  # no space left on the storage
+    INTEGRITY_WARNING = 20  # `integrity check`: the worst finding is a warning
+    INTEGRITY_CRITICAL = 21  # `integrity check`: a critical finding (or a rule could not run)
     INTERRUPTED = 130  # SIGINT / SIGTERM
 
 
@@ -44,6 +46,14 @@ class ConfigError(UsageError):
 
 class PartialFailure(StackVaultError):
     exit_code = ExitCode.PARTIAL
+
+
+class IntegrityWarning(StackVaultError):
+    exit_code = ExitCode.INTEGRITY_WARNING
+
+
+class IntegrityCritical(StackVaultError):
+    exit_code = ExitCode.INTEGRITY_CRITICAL
 
 
 class Interrupted(StackVaultError):

@@ -49,7 +49,8 @@ def test_example_validates_from_the_current_folder(tmp_path: Path) -> None:
     res = run_cli(["config", "validate"], env=ENV, cwd=tmp_path)
     assert res.rc == 0, str(res)
     assert res.text.splitlines() == [
-        "ok: 5 components, restore order: app-config, app-db, cache, media -> jobs-db",
+        "ok: 7 components, restore order: app-config, app-db, cache, media, vector-index, "
+        "vectors -> jobs-db",
         "critical path: app-db -> jobs-db"]
 
 

@@ -501,8 +501,9 @@ def test_example_loads_cleanly(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text))
     assert {n: c.type for n, c in config.components.items()} == {
         "app-db": "postgres", "jobs-db": "sqlite", "app-config": "files", "cache": "redis",
-        "media": "s3"}
-    assert restore_order(config) == [["app-config", "app-db", "cache", "media"], ["jobs-db"]]
+        "media": "s3", "vectors": "chroma", "vector-index": "qdrant"}
+    assert restore_order(config) == [["app-config", "app-db", "cache", "media", "vector-index",
+                                      "vectors"], ["jobs-db"]]
     assert text.startswith("# stackvault.yaml")
 
 

@@ -333,12 +333,12 @@ def test_plugin_missing_dependency_gives_install_hint(plugin_dir: Path) -> None:
 
 def test_builtin_missing_dependency_gives_extra_hint(plugin_dir: Path) -> None:
     (plugin_dir / "svtest_qdrant.py").write_text("import qdrant_client_svtest_missing\n")
-    registry.register("qdrant", "svtest_qdrant:QdrantSource", origin="built-in",
+    registry.register("svqdrant", "svtest_qdrant:QdrantSource", origin="built-in",
                       extra="qdrant", packages={"qdrant_client_svtest_missing": "qdrant-client"})
     with pytest.raises(UsageError) as err:
-        registry.get_source_class("qdrant")
-    assert str(err.value) == ("the qdrant source needs qdrant-client, which is not installed\n"
-                              "  hint: pip install 'stackvault[qdrant]'")
+        registry.get_source_class("svqdrant")
+    assert str(err.value) == ("the svqdrant source needs qdrant-client, which is not "
+                              "installed\n  hint: pip install 'stackvault[qdrant]'")
 
 
 def test_broken_registrations_are_clear(plugin_dir: Path) -> None:

@@ -16,7 +16,9 @@ from stackvault.cli import (
     cmd_config,
     cmd_demo,
     cmd_drill,
+    cmd_integrity,
     cmd_maintain,
+    cmd_quickstart,
     cmd_repo,
     cmd_restore,
     cmd_stack,
@@ -74,7 +76,7 @@ def main_options(
 
 
 for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_config,
-               cmd_stack, cmd_demo, cmd_drill):
+               cmd_stack, cmd_demo, cmd_quickstart, cmd_drill, cmd_integrity):
     module.register(app)
 
 

@@ -15,9 +15,18 @@ from pydantic_core import PydanticUndefined
 
 from stackvault.config.example import example_yaml
 from stackvault.config.example import yaml_inline as _flow
+from stackvault.config.integrity_schema import (
+    CustomRule,
+    IntegrityConfig,
+    Locator,
+    MappingRule,
+    ReferencesRule,
+    StuckJobsRule,
+)
 from stackvault.config.schema import (
     COMPONENT_TYPES,
     SECRET_WORDS,
+    ChromaComponent,
     ComponentBase,
     DrillConfig,
     FilesComponent,
@@ -26,6 +35,7 @@ from stackvault.config.schema import (
     HttpCall,
     PostgresComponent,
     Probe,
+    QdrantComponent,
     RedisComponent,
     RepositoryConfig,
     S3Component,
@@ -51,6 +61,8 @@ SECTIONS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("type: files", "type-files", FilesComponent, True),
     ("type: s3", "type-s3", S3Component, True),
     ("type: redis", "type-redis", RedisComponent, True),
+    ("type: chroma", "type-chroma", ChromaComponent, True),
+    ("type: qdrant", "type-qdrant", QdrantComponent, True),
     ("hooks", "hooks", Hooks, False),
     ("A hook (an item of pre or post)", "hook", Hook, False),
     ("http", "http", HttpCall, False),
@@ -58,6 +70,12 @@ SECTIONS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("drill", "drill", DrillConfig, False),
     ("A probe (an item of drill.probes)", "probe", Probe, False),
     ("search (of a probe)", "search", SearchProbe, False),
+    ("integrity", "integrity", IntegrityConfig, False),
+    ("A rule, type: references", "rule-references", ReferencesRule, False),
+    ("A rule, type: mapping", "rule-mapping", MappingRule, False),
+    ("A rule, type: stuck_jobs", "rule-stuck-jobs", StuckJobsRule, False),
+    ("A rule, type: custom", "rule-custom", CustomRule, False),
+    ("A locator (source, target, relink)", "locator", Locator, False),
 ]
 _ANCHORS = {model: anchor for _, anchor, model, _ in SECTIONS}
 

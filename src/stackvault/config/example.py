@@ -86,6 +86,29 @@ EXAMPLE: dict[str, Any] = {
             "access_key_env": "MINIO_ACCESS_KEY",
             "secret_key_env": "MINIO_SECRET_KEY",
         },
+        "vectors": {
+            "type": "chroma",
+            "path": "/srv/app/chroma",
+            "collections": ["documents"],
+        },
+        "vector-index": {
+            "type": "qdrant",
+            "path": "/srv/app/qdrant",
+            "collections": ["chunks"],
+            "hooks": {"pre": [{"command": "systemctl stop app-search"}],
+                      "post": [{"command": "systemctl start app-search"}]},
+        },
+    },
+    "integrity": {
+        "rules": [
+            {"name": "documents have their files", "type": "references",
+             "severity": "warning",
+             "source": {"component": "app-db", "sql": "SELECT object_key FROM documents"},
+             "target": {"component": "media", "pattern": "uploads/{id}"}},
+            {"name": "jobs move on", "type": "stuck_jobs", "component": "jobs-db",
+             "table": "jobs", "older_than": "30m", "retries_column": "retries"},
+        ],
+        "reset_keep": {"app-db": ["users"]},
     },
     "drill": {
         "targets": {"jobs-db": "/var/tmp/stackvault-drill/jobs.sqlite3"},

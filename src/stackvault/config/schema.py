@@ -12,262 +12,56 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
-    PlainSerializer,
     PrivateAttr,
-    ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from stackvault.config.base import (  # noqa: F401 - re-exported: the schema's API
+    _DURATION,
+    _DURATION_HINT,
+    _ENV_RE,
+    _HEADER_RE,
+    _LOCATION_FORMS,
+    _SCHEME,
+    _UNITS,
+    _USERINFO,
+    CONFIG_VERSION,
+    DEFAULT_PASSWORD_ENV,
+    NAME_RE,
+    SECRET_WORDS,
+    Command,
+    ConfigPath,
+    Duration,
+    EnvName,
+    HeaderName,
+    Loc,
+    Location,
+    Name,
+    NonEmptyStr,
+    TypeDoc,
+    _command,
+    _duration,
+    _env_name,
+    _error,
+    _from_file,
+    _given,
+    _header_name,
+    _location,
+    _looks_secret,
+    _Model,
+    _name,
+    _non_empty,
+    _path_text,
+    _problems_error,
+    _redetail,
+    _resolve_path,
+    format_duration,
+    parse_duration,
+)
+from stackvault.config.integrity_schema import IntegrityConfig
 from stackvault.errors import ConfigError
-
-CONFIG_VERSION = 1
-DEFAULT_PASSWORD_ENV = "STACKVAULT_PASSWORD"
-
-# Loc of a problem, relative to the model that found it (pydantic prefixes the parents).
-Loc = tuple[str | int, ...]
-
-
-class TypeDoc:
-    """Annotated marker: how the docs and the example name a field's type."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"TypeDoc({self.name!r})"
-
-
-def _error(kind: str, message: str) -> PydanticCustomError:
-    # No context: the message is used as is (braces in it are not a template).
-    return PydanticCustomError(kind, message)
-
-
-# --------------------------------------------------------------------------- durations
-
-_DURATION = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-_DURATION_HINT = "e.g. 90s, 15m, 4h, 1d, 1h30m (units: s, m, h, d, w)"
-
-
-def parse_duration(text: str) -> int:
-    """'90s', '15m', '4h', '1d', '2w', '1h30m' -> seconds. A bare number is refused: no unit
-    is a guess, and a wrong guess in an RTO target is off by 60x."""
-    m = _DURATION.fullmatch(text.strip())
-    if not text.strip() or m is None:
-        raise ValueError(f"'{text}' is not a duration; {_DURATION_HINT}")
-    return sum(int(g) * unit for g, (_, unit) in zip(m.groups(), _UNITS, strict=True) if g)
-
-
-def format_duration(seconds: int) -> str:
-    """Seconds -> the shortest duration text: 5400 -> '1h30m', 0 -> '0s'."""
-    if seconds <= 0:
-        return "0s"
-    out = []
-    for suffix, unit in _UNITS:
-        if seconds >= unit:
-            out.append(f"{seconds // unit}{suffix}")
-            seconds %= unit
-    return "".join(out)
-
-
-def _from_file(info: ValidationInfo) -> bool:
-    return isinstance(info.context, dict) and bool(info.context.get("from_file"))
-
-
-def _duration(value: Any, info: ValidationInfo) -> int:
-    """Text with units; from code also an int of seconds (the model's unit). A bare number
-    in a file is refused: is `rto: 15` minutes or seconds?"""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _error("duration_type", f"a duration is text such as {_DURATION_HINT}")
-    if isinstance(value, int):
-        if _from_file(info):
-            raise _error("duration_unit", f"a duration needs a unit: {_DURATION_HINT}")
-        if value <= 0:
-            raise _error("duration", "a duration must be longer than 0s")
-        return value
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise _error("duration", str(exc)) from None
-    if seconds <= 0:
-        raise _error("duration", "a duration must be longer than 0s")
-    return seconds
-
-
-# Seconds in the model; text again when dumped, so that a dump validates back.
-Duration = Annotated[int, BeforeValidator(_duration),
-                     PlainSerializer(lambda s: format_duration(s), return_type=str),
-                     TypeDoc("duration")]
-
-# --------------------------------------------------------------------------- names, paths
-
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-
-
-def _name(value: str) -> str:
-    if not NAME_RE.fullmatch(value):
-        raise _error("component_name", "a component name uses only a-z, 0-9, '_' and '-', "
-                     "starts with a letter or digit and has at most 63 characters")
-    return value
-
-
-def _env_name(value: str) -> str:
-    # Never echo the value: a password pasted here by mistake must not end up in the output.
-    if not _ENV_RE.fullmatch(value):
-        raise _error("env_name", "must be the NAME of an environment variable (letters, digits "
-                     "and '_', not starting with a digit), not a secret value")
-    return value
-
-
-def _header_name(value: str) -> str:
-    if not _HEADER_RE.fullmatch(value):
-        raise _error("header_name", "not a valid HTTP header name")
-    return value
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise _error("empty", "must not be empty")
-    return value
-
-
-def _path_text(value: Any) -> Any:
-    if isinstance(value, str) and not value.strip():
-        raise _error("empty", "a path must not be empty")
-    return value
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    """`~` is the home folder; a relative path is relative to the config file's folder."""
-    value = value.expanduser()
-    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
-    if not value.is_absolute() and base is not None:
-        value = Path(base) / value
-    return value
-
-
-def _command(value: Any) -> Any:
-    if isinstance(value, str):
-        if value.strip():
-            return value
-    elif isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return value
-    raise _error("command", "a command is a non-empty string (run by the shell) or a "
-                 "non-empty list of strings (the program and its arguments, no shell)")
-
-
-Name = Annotated[str, AfterValidator(_name), TypeDoc("name")]
-EnvName = Annotated[str, AfterValidator(_env_name), TypeDoc("env var name")]
-HeaderName = Annotated[str, AfterValidator(_header_name), TypeDoc("header name")]
-NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
-ConfigPath = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_resolve_path),
-                       TypeDoc("path")]
-Command = Annotated[str | list[str], BeforeValidator(_command),
-                    TypeDoc("string or list of strings")]
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
-_USERINFO = re.compile(r"://[^/?#]*@")
-_LOCATION_FORMS = ("a folder (/srv/backup, local:PATH), s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] "
-                   "or s3://BUCKET[/PREFIX]")
-
-
-def _location(value: str, info: ValidationInfo) -> str:
-    if not value.strip():
-        raise _error("location", f"the repository location is empty; use {_LOCATION_FORMS}")
-    if _USERINFO.search(value):
-        raise _error("secret_in_config", "credentials do not belong in the location: S3 keys "
-                     "come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile")
-    m = _SCHEME.match(value)
-    if m is None:
-        return str(_resolve_path(Path(value), info))
-    scheme, rest = m.group(1).lower(), m.group(2)
-    if scheme == "local" and rest:
-        return f"local:{_resolve_path(Path(rest), info)}"
-    if scheme not in ("local", "memory", "s3") or not rest:
-        raise _error("location", f"unsupported repository location; use {_LOCATION_FORMS}")
-    return value
-
-
-Location = Annotated[str, AfterValidator(_location), TypeDoc("location")]
-
-# --------------------------------------------------------------------------- base model
-
-# Keys refused wherever they appear (also `db_password`, `api_token`, ...): a secret written
-# in the file ends up in backups of the file, in version control and in support tickets.
-SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "access_key")
-
-
-def _looks_secret(key: str) -> bool:
-    """`password`, `db_password`, `api-token`...; not `password_env` & co., which name where
-    a secret is (a misplaced one is just an unknown key)."""
-    key = key.lower().replace("-", "_")
-    return (any(w in key for w in SECRET_WORDS)
-            and not key.endswith(("_env", "_file", "_command")))
-
-
-def _problems_error(title: str, problems: list[InitErrorDetails]) -> ValidationError:
-    return ValidationError.from_exception_data(title, problems)
-
-
-def _redetail(exc: ValidationError) -> list[InitErrorDetails]:
-    """A ValidationError's errors, re-raisable together with more (inputs not carried: they
-    may be secrets)."""
-    return [InitErrorDetails(type=_error(e["type"], e["msg"]), loc=tuple(e["loc"]),
-                             input=None) for e in exc.errors()]
-
-
-class _Model(BaseModel):
-    """Every section: unknown keys rejected; secrets refused; cross-field checks that run on
-    the raw input so that they are reported together with every other error."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    secret_advice: ClassVar[str] = ("secrets are never written in stackvault.yaml: name an "
-                                    "environment variable or a file that holds them")
-
-    @classmethod
-    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
-        """Problems that span fields, found on the raw mapping (lenient about bad types,
-        which the fields report themselves)."""
-        return []
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _checked(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
-        if not isinstance(data, dict):
-            return handler(data)
-        problems: list[InitErrorDetails] = []
-        clean = {}
-        for key, value in data.items():
-            if isinstance(key, str) and _looks_secret(key) and key not in cls.model_fields:
-                problems.append(InitErrorDetails(type=_error("secret_in_config",
-                                                             cls.secret_advice),
-                                                 loc=(key,), input=None))
-            else:
-                clean[key] = value
-        problems += [InitErrorDetails(type=_error("config", msg), loc=loc, input=None)
-                     for loc, msg in cls.raw_checks(clean)]
-        if not problems:
-            return handler(clean)
-        try:
-            handler(clean)
-        except ValidationError as exc:
-            problems = _redetail(exc) + problems
-        raise _problems_error(cls.__name__, problems)
-
-
-def _given(data: dict[str, Any], *keys: str) -> list[str]:
-    return [k for k in keys if data.get(k) is not None]
-
 
 # --------------------------------------------------------------------------- hooks, targets
 
@@ -563,14 +357,115 @@ class RedisComponent(ComponentBase):
         return out
 
 
+_CHROMA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]")
+
+
+def _chroma_name(value: str) -> str:
+    if not _CHROMA_NAME.fullmatch(value):
+        raise _error("collection_name", "a ChromaDB collection name has 3-512 characters "
+                     "from a-z, A-Z, 0-9, '.', '_' and '-', and starts and ends with a letter "
+                     "or digit")
+    return value
+
+
+ChromaName = Annotated[str, AfterValidator(_chroma_name), TypeDoc("collection name")]
+
+
+class ChromaComponent(ComponentBase):
+    """ChromaDB collections: a PersistentClient folder or a ChromaDB server."""
+
+    secret_advice: ClassVar[str] = ("the ChromaDB token is never written in stackvault.yaml: "
+                                    "name the environment variable that holds it (token_env)")
+
+    type: Literal["chroma"] = Field(description="chroma: ChromaDB collections (metadata, "
+                                    "configuration, ids, embeddings, documents, metadatas, "
+                                    "uris) of a PersistentClient folder or a server. Needs "
+                                    "`pip install 'stackvault[chroma]'`.")
+    path: ConfigPath | None = Field(
+        None, description="The PersistentClient folder (the one holding chroma.sqlite3). "
+                          "Give `path` or `host`, not both.",
+        examples=["/srv/app/chroma"])
+    host: NonEmptyStr | None = Field(
+        None, description="A ChromaDB server's host name or address (instead of `path`).",
+        examples=["127.0.0.1"])
+    port: int = Field(8000, ge=1, le=65535, description="The server's port.")
+    ssl: bool = Field(False, description="Connect to the server over HTTPS.")
+    token_env: EnvName | None = Field(
+        None, description="Environment variable holding the server's auth token (sent as a "
+                          "bearer token); leave out for a server without auth.",
+        examples=["CHROMA_TOKEN"])
+    tenant: NonEmptyStr = Field("default_tenant", description="The ChromaDB tenant.")
+    database: NonEmptyStr = Field("default_database", description="The ChromaDB database.")
+    collections: list[ChromaName] | None = Field(
+        None, description="Collections to back up; default: every collection.",
+        examples=[["documents"]])
+    batch_size: int = Field(500, ge=1, le=100_000, description="Records per page read or "
+                            "written (memory holds one page).")
+    force_restore: bool = Field(False, description="Restore over collections that hold "
+                                "records (replacing them) without --force.")
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        given = _given(data, "path", "host")
+        if len(given) != 1:
+            return [((), "give exactly one of `path` (a PersistentClient folder) and `host` "
+                         "(a ChromaDB server)")]
+        if given == ["path"] and data.get("token_env") is not None:
+            return [(("token_env",), "token_env is for a server (`host`), not a folder")]
+        return []
+
+
+class QdrantComponent(ComponentBase):
+    """Qdrant collections: a Qdrant server or a local-mode folder (QdrantClient(path=...))."""
+
+    secret_advice: ClassVar[str] = ("the Qdrant API key is never written in stackvault.yaml: "
+                                    "name the environment variable that holds it "
+                                    "(api_key_env)")
+
+    type: Literal["qdrant"] = Field(description="qdrant: Qdrant collections (configuration, "
+                                    "payload indexes, aliases, points with every vector and "
+                                    "payload) of a server or a local-mode folder. Needs "
+                                    "`pip install 'stackvault[qdrant]'`.")
+    url: Annotated[str, AfterValidator(_http_url), TypeDoc("URL")] | None = Field(
+        None, description="A Qdrant server's REST URL (no credentials in it). Give `url` or "
+                          "`path`, not both.", examples=["http://127.0.0.1:6333"])
+    path: ConfigPath | None = Field(
+        None, description="A local-mode folder (what QdrantClient(path=...) opens). Only one "
+                          "process may open it at a time: stop the application for backups "
+                          "and restores (e.g. with hooks).", examples=["/srv/app/qdrant"])
+    api_key_env: EnvName | None = Field(
+        None, description="Environment variable holding the server's API key; leave out "
+                          "for a server without one.", examples=["QDRANT_API_KEY"])
+    collections: list[NonEmptyStr] | None = Field(
+        None, description="Collections to back up; default: every collection.",
+        examples=[["chunks"]])
+    batch_size: int = Field(256, ge=1, le=100_000, description="Points per scroll or upsert "
+                            "request (memory holds one batch).")
+    sample_queries: int = Field(3, ge=0, le=20, description="Points per collection whose "
+                                "search results (top 5 for each of their vectors) are "
+                                "recorded at backup time and must come back after a restore.")
+    force_restore: bool = Field(False, description="Restore over collections and aliases "
+                                "that already exist (replacing them) without --force.")
+
+    @classmethod
+    def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
+        given = _given(data, "url", "path")
+        if len(given) != 1:
+            return [((), "give exactly one of `url` (a Qdrant server) and `path` (a "
+                         "local-mode folder)")]
+        if given == ["path"] and data.get("api_key_env") is not None:
+            return [(("api_key_env",), "api_key_env is for a server (`url`), not a folder")]
+        return []
+
+
 # One member per component type, told apart by `type`.
-# TODO: qdrant and chroma components: add their models here as more members.
 Component = Annotated[PostgresComponent | SqliteComponent | FilesComponent | S3Component
-                      | RedisComponent,
+                      | RedisComponent | ChromaComponent | QdrantComponent,
                       Field(discriminator="type")]
 COMPONENT_TYPES: dict[str, type[ComponentBase]] = {
     "postgres": PostgresComponent, "sqlite": SqliteComponent, "files": FilesComponent,
-    "s3": S3Component, "redis": RedisComponent}
+    "s3": S3Component, "redis": RedisComponent, "chroma": ChromaComponent,
+    "qdrant": QdrantComponent}
 
 
 # --------------------------------------------------------------------------- the stack
@@ -684,6 +579,9 @@ class StackConfig(_Model):
                                   "each is.")
     drill: DrillConfig = Field(default_factory=DrillConfig,
                                description="Restore drills: scratch targets and probes.")
+    integrity: IntegrityConfig = Field(
+        default_factory=lambda: IntegrityConfig(),
+        description="Rules across stores for `stackvault integrity check|fix`.")
 
     _source: Path | None = PrivateAttr(None)
     _sha256: str = PrivateAttr("")
@@ -698,8 +596,11 @@ class StackConfig(_Model):
 
     @classmethod
     def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
-        return graph_problems(data.get("components")) + drill_problems(
-            data.get("components"), data.get("drill"))
+        from stackvault.config.integrity_schema import integrity_problems
+
+        return (graph_problems(data.get("components"))
+                + drill_problems(data.get("components"), data.get("drill"))
+                + integrity_problems(data.get("components"), data.get("integrity")))
 
     @property
     def source(self) -> Path | None:
@@ -909,3 +810,4 @@ def union_members(ann: Any) -> dict[str, type[BaseModel]]:
             if tag:
                 out[str(tag[0])] = member
     return out
+

@@ -177,7 +177,12 @@ def run_drill(repo: Repository, config: Any, *, ref: str = "latest",
                 found = sources[probe.component].run_probe(  # type: ignore[attr-defined]
                     _probe_spec(probe), target=targets[probe.component])
                 expected = getattr(probe, "expect", None)
-                ok = bool(found) if expected is None else found == str(expected)
+                if expected is None:
+                    ok = bool(found)
+                elif getattr(probe, "search", None) is not None:  # one of the result ids
+                    ok = str(expected) in found.split(",")
+                else:
+                    ok = found == str(expected)
                 probe_results.append(ProbeOutcome(name, probe.component, ok,
                                                   None if expected is None else str(expected),
                                                   found))

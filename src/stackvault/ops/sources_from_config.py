@@ -9,7 +9,7 @@ from stackvault.sources.registry import get_source_class
 
 COMMON_FIELDS = {"type", "depends_on", "hooks", "targets"}
 TARGET_KEY = {"sqlite": "path", "files": "path", "postgres": "database", "s3": "url",
-              "redis": "url"}
+              "redis": "url", "chroma": "to", "qdrant": "to"}
 
 
 def make_source(name: str, component: Any) -> DataSource:
@@ -22,5 +22,7 @@ def make_source(name: str, component: Any) -> DataSource:
 
 def parse_target(component: Any, text: str) -> Target:
     """`--to NAME=TEXT`: a path for files and SQLite, a database name for PostgreSQL,
-    s3://BUCKET[/PREFIX] for S3, redis://HOST:PORT[/DB] for Redis."""
+    s3://BUCKET[/PREFIX] for S3, redis://HOST:PORT[/DB] for Redis, for ChromaDB
+    `[FOLDER | http(s)://HOST:PORT][#RENAME]` (RENAME: e.g. `restored-*`, see docs/stack.md),
+    for Qdrant `[FOLDER][#RENAME]`, `prefix:PREFIX` or `name:NAME`."""
     return {TARGET_KEY.get(component.type, "path"): text}

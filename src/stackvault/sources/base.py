@@ -239,6 +239,18 @@ class Drillable(Protocol):
         ...
 
 
+def secret_from_env(var: str | None, setting: str) -> str | None:
+    """The secret held by environment variable `var` (None when no variable is configured);
+    a configured but unset variable is an error naming the setting, never the value."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise UsageError(f"environment variable {var} ({setting}) is not set",
+                         hint=f"export {var}=... before running stackvault")
+    return value
+
+
 DRILL_PREFIX = "stackvault-drill-"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -117,10 +118,17 @@ def get_source_class(type_: str) -> SourceFactory:
     return factory
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def _load(type_: str, ref: LazyRef) -> Any:
     module_name, _, attr = ref.target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        # One adapter import at a time: components are backed up, restored and probed on
+        # threads, and two threads importing numpy (under qdrant and chroma) at once can see
+        # it half initialised.
+        with _IMPORT_LOCK:
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         missing = e.name or ""
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
@@ -160,3 +168,7 @@ register("files", "stackvault.sources.files:FilesSource", origin="built-in")
 register("redis", "stackvault.sources.redisdb:RedisSource", origin="built-in")
 register("s3", "stackvault.sources.s3bucket:S3BucketSource", origin="built-in")
 register("postgres", "stackvault.sources.postgres:PostgresSource", origin="built-in")
+register("chroma", "stackvault.sources.chroma:ChromaSource", origin="built-in",
+         extra="chroma", packages={"chromadb": "chromadb"})
+register("qdrant", "stackvault.sources.qdrant:QdrantSource", origin="built-in",
+         extra="qdrant", packages={"qdrant_client": "qdrant-client"})

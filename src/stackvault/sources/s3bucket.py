@@ -386,6 +386,37 @@ class S3BucketSource:
         return [Location(dest.bucket, f"{dest.prefix}{loc.bucket}/{loc.prefix}")
                 for loc in locations]
 
+    # -- integrity rules (stackvault integrity): keys below the first configured location
+    def object_keys(self, prefix: str = "") -> list[str]:
+        loc = self.locations[0]
+        return [o["Key"][len(loc.prefix):] for o in self._list(loc.bucket, loc.prefix + prefix)]
+
+    def empty(self) -> int:
+        """`stackvault reset`: delete every object under every configured location."""
+        removed = 0
+        for loc in self.locations:
+            keys = [o["Key"] for o in self._list(loc.bucket, loc.prefix)]
+            for start in range(0, len(keys), 1000):
+                batch = keys[start:start + 1000]
+                resp = self._call(f"deletes in {loc.bucket}", loc.bucket,
+                                  self._client().delete_objects, Bucket=loc.bucket,
+                                  Delete={"Objects": [{"Key": k} for k in batch],
+                                          "Quiet": True})
+                removed += len(batch) - len(resp.get("Errors") or [])
+        return removed
+
+    def delete_object_keys(self, keys: list[str]) -> int:
+        loc = self.locations[0]
+        deleted = 0
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            resp = self._call(f"deletes in {loc.bucket}", loc.bucket,
+                              self._client().delete_objects, Bucket=loc.bucket,
+                              Delete={"Objects": [{"Key": loc.prefix + k} for k in batch],
+                                      "Quiet": True})
+            deleted += len(batch) - len(resp.get("Errors") or [])
+        return deleted
+
     # -- drills
     def scratch_target(self, label: str) -> Target:
         """A new bucket `sv-drill-<label>` on the same endpoint (created by the restore,

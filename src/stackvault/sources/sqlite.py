@@ -308,6 +308,33 @@ class SqliteSource:
                              hint="e.g. --to db=/tmp/scratch.sqlite3")
         return Path(target["path"])
 
+    # -- integrity rules (stackvault integrity)
+    def query(self, sql_text: str, params: tuple[Any, ...] = (), *,
+              database: str | None = None) -> list[tuple[Any, ...]]:
+        """Rows of a query, read-only."""
+        try:
+            with closing(_connect(self.path, mode="ro")) as con:
+                return [tuple(_s(v) if isinstance(v, bytes) else v for v in row)
+                        for row in con.execute(sql_text, params).fetchall()]
+        except sqlite3.Error as e:
+            raise SourceError(f"{self.path}: query failed: {e}") from e
+
+    def execute(self, statements: list[tuple[str, tuple[Any, ...]]], *,
+                database: str | None = None) -> int:
+        """Run statements in one transaction; return the rows they changed."""
+        try:
+            with closing(_connect(self.path)) as con:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    changed = sum(con.execute(t, p).rowcount for t, p in statements)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                return changed
+        except sqlite3.Error as e:
+            raise SourceError(f"{self.path}: update failed, nothing was changed: {e}") from e
+
     # -- drills
     def scratch_target(self, label: str) -> Target:
         return {"path": str(scratch_folder(label) / self.path.name)}

@@ -173,6 +173,34 @@ class PostgresSource:
                 c.rollback()
         return "" if row is None or row[0] is None else str(row[0])
 
+    # -- integrity rules (stackvault integrity)
+    def query(self, sql_text: str, params: tuple[Any, ...] = (), *,
+              database: str | None = None) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query in `database` (default: the first)."""
+        with contextlib.closing(self._conn().connect(database or self.databases[0])) as c:
+            try:
+                c.execute("SET TRANSACTION READ ONLY")
+                return list(c.execute(sql_text, params).fetchall())
+            except psycopg.Error as e:
+                raise SourceError(f"query failed: {str(e).strip().splitlines()[0]}") from e
+            finally:
+                c.rollback()
+
+    def execute(self, statements: list[tuple[str, tuple[Any, ...]]], *,
+                database: str | None = None) -> int:
+        """Run statements in one transaction; return the rows they changed."""
+        with contextlib.closing(self._conn().connect(database or self.databases[0])) as c:
+            changed = 0
+            try:
+                with c.transaction():
+                    for text, params in statements:
+                        changed += c.execute(text, params).rowcount
+            except psycopg.Error as e:
+                raise SourceError(f"update failed, nothing was changed: "
+                                  f"{str(e).strip().splitlines()[0]}") from e
+            c.commit()
+            return changed
+
     # -- probe
     def probe(self) -> ProbeResult:
         try:

@@ -160,6 +160,46 @@ class RedisSource:
                              hint="e.g. --to cache=redis://127.0.0.1:6390/0")
         return parse_url(str(target["url"]))
 
+    # -- integrity rules (stackvault integrity): strings in the first configured database
+    def _db0(self) -> redis.Redis:
+        db = self.url.db if self.url.db is not None else (self.databases or [0])[0]
+        return self._client(self.url, db)
+
+    def scan_keys(self, glob: str) -> list[str]:
+        """Keys matching a SCAN pattern (`*`, `?`, `[...]`), decoded as UTF-8."""
+        with _redis_errors(self.url, "scanning keys"):
+            return [k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else str(k)
+                    for k in self._db0().scan_iter(match=glob, count=1000)]
+
+    def get_values(self, keys: list[str]) -> list[str | None]:
+        with _redis_errors(self.url, "reading keys"):
+            raw = self._db0().mget(keys) if keys else []
+        return [None if v is None else v.decode("utf-8", "surrogateescape")
+                if isinstance(v, bytes) else str(v) for v in raw]
+
+    def set_values(self, values: Mapping[str, str]) -> None:
+        with _redis_errors(self.url, "writing keys"):
+            if values:
+                self._db0().mset(dict(values))
+
+    def empty(self) -> int:
+        """`stackvault reset`: FLUSHDB every configured (else every non-empty) database;
+        return the keys removed."""
+        with _redis_errors(self.url, "emptying"):
+            client = self._client(self.url)
+            dbs = list(self.databases) if self.databases is not None else list(
+                _keyspace(client))
+            removed = 0
+            for db in dbs:
+                c = self._client(self.url, db)
+                removed += int(c.dbsize())
+                c.flushdb()
+            return removed
+
+    def delete_keys(self, keys: list[str]) -> int:
+        with _redis_errors(self.url, "deleting keys"):
+            return int(self._db0().delete(*keys)) if keys else 0
+
     # -- drills
     def scratch_target(self, label: str) -> Target:
         """A throwaway redis-server (this machine's redis-server, or redis_bin_dir's) on a free

@@ -1,0 +1,94 @@
+"""The audit log: append-only JSON lines, each carrying the SHA-256 of the line before, so a
+changed, inserted or removed line is detected by `verify` (`stackvault audit verify`).
+
+Line format: `{"seq", "time", "who", "action", "outcome", "details", "prev"}` plus `"hash"`,
+the SHA-256 of the line's JSON without `hash` (keys sorted, compact separators). `prev` is the
+`hash` of the line before, or 64 zeros for the first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stackvault.errors import UsageError
+
+GENESIS = "0" * 64
+FILE_NAME = "stackvault-audit.jsonl"
+
+
+def default_path(config: Any, env: dict[str, str] | None = None) -> Path:
+    """STACKVAULT_AUDIT_LOG, else `stackvault-audit.jsonl` next to the config file."""
+    env = env if env is not None else dict(os.environ)
+    if env.get("STACKVAULT_AUDIT_LOG"):
+        return Path(env["STACKVAULT_AUDIT_LOG"])
+    source = getattr(config, "source", None)
+    return (Path(source).parent if source else Path.cwd()) / FILE_NAME
+
+
+def _digest(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode()).hexdigest()
+
+
+def append(path: Path, action: str, outcome: str, details: dict[str, Any] | None = None,
+           who: str | None = None) -> dict[str, Any]:
+    """Append one entry (under an exclusive lock, fsynced) and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        last, seq = None, 0
+        for line in f:
+            if line.strip():
+                last, seq = line, seq + 1
+        prev = json.loads(last)["hash"] if last else GENESIS
+        entry: dict[str, Any] = {
+            "seq": seq + 1, "time": datetime.now(UTC).isoformat(),
+            "who": who or f"{getpass.getuser()}@{socket.gethostname()}",
+            "action": action, "outcome": outcome, "details": details or {}, "prev": prev}
+        entry["hash"] = _digest(entry)
+        f.write(json.dumps(entry, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return entry
+
+
+def verify(path: Path) -> tuple[int, list[str]]:
+    """(entries, problems): every line must parse, hash to its `hash`, point to the line
+    before with `prev`, and count up with `seq`."""
+    if not path.exists():
+        raise UsageError(f"there is no audit log at {path}",
+                         hint="it is written by integrity fix, reset and (later) every change")
+    problems: list[str] = []
+    prev, n = GENESIS, 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                problems.append(f"line {lineno}: not JSON")
+                prev = ""
+                continue
+            if entry.get("hash") != _digest(entry):
+                problems.append(f"line {lineno}: changed (its hash does not match)")
+            if entry.get("prev") != prev:
+                problems.append(f"line {lineno}: does not follow the line before (a line was "
+                                "removed, inserted or reordered)")
+            if entry.get("seq") != n:
+                problems.append(f"line {lineno}: sequence {entry.get('seq')}, expected {n}")
+            prev = str(entry.get("hash", ""))
+    return n, problems
