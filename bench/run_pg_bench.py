@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         results["pg_restore_s"] = statistics.median(p for p, _ in pairs)
         results["stackvault_restore_s"] = statistics.median(v for _, v in pairs)
         results["stackvault_restore_only_s"] = statistics.median(restore_only)
+        took, out = timed([*sv, "--json", "drill"], env=env)
+        drill = json.loads(out)
+        assert drill["ok"], drill
+        results["drill_s"] = took
+        results["drill_rto_s"] = drill["rto_seconds"]
         results["cpu_s"] = {k: statistics.median(v) for k, v in CPU.items()}
     shutil.rmtree(work, ignore_errors=True)
     print_report(results)
@@ -208,6 +213,8 @@ def print_report(r: dict[str, Any]) -> None:
           f"{r['stackvault_restore_only_s']:.2f} s | "
           f"{ratio(r['stackvault_restore_only_s'], r['pg_restore_s'])} | (info) |")
     print(f"| unchanged backup | — | {r['stackvault_unchanged_backup_s']:.2f} s | | (info) |")
+    print(f"| restore drill (into a scratch database, verified, dropped) | — | "
+          f"{r['drill_s']:.2f} s (RTO {r['drill_rto_s']:.2f} s) | | (info) |")
     cpu = r["cpu_s"]
     print("\nCPU seconds (user+sys) of the client processes (the server's are not counted):")
     print(f"pg_dump -Fc {cpu['pg_dump_fc']:.2f}; StackVault backup with checksums "
