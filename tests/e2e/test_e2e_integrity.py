@@ -282,6 +282,9 @@ def test_check_fix_recheck_and_roll_back(
     again = sv("--json", "integrity", "check")
     assert again.rc == 21
     assert found(again.json()) == NOT_FIXABLE
+    healthy = sv("--json", "integrity", "check", "--rule", "ingest jobs move on",
+                 "--rule", "queue tasks move on")
+    assert healthy.rc == 0 and healthy.json()["status"] == "healthy"  # fully repaired rules
 
     # the safety snapshot brings the state before the fix back
     restored = sv.json("restore", safety, "--yes", "--force", "--no-safety-snapshot")
