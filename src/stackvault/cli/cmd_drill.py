@@ -29,16 +29,20 @@ def drill(
     """Restore a snapshot into scratch targets, verify it, run the config's probes, measure
     RTO and RPO against the targets, remove the scratch targets, keep the report."""
     from stackvault.ops.drill import markdown, run_drill, save_drill, to_html
+    from stackvault.ops.notify import job as notify_job
 
     c: Ctx = ctx.obj
     if report is not None and report.suffix.lower() not in (".md", ".html", ".htm"):
         raise UsageError(f"--report {report}: the file must end in .md or .html")
     config = load_stack_config(c)
-    repo = open_stack_repo(c, config)
-    with c.progress("drill") as progress:
-        result = run_drill(repo, config, ref=snapshot, components=component or None,
-                           progress=progress, retry_lock=c.opts.retry_lock)
-    save_drill(repo, result)
+    with notify_job(config, "drill", env=c.opts.env) as job:
+        repo = open_stack_repo(c, config)
+        with c.progress("drill") as progress:
+            result = run_drill(repo, config, ref=snapshot, components=component or None,
+                               progress=progress, retry_lock=c.opts.retry_lock)
+        save_drill(repo, result)
+        job.record(snapshot=result.snapshot, rto_seconds=result.rto_seconds,
+                   rpo_seconds=result.rpo_seconds, errors=list(result.failures))
     if report is not None:
         text = to_html(result) if report.suffix.lower() != ".md" else markdown(result)
         report.write_text(text, encoding="utf-8")

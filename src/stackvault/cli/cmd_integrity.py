@@ -69,9 +69,15 @@ def integrity_check(ctx: typer.Context, rule: list[str] = typer.Option(
     """Run the config's integrity rules; each is healthy, warning or critical. Exit 0, 20
     (warnings) or 21 (critical)."""
     from stackvault.ops.integrity import check, overall
+    from stackvault.ops.notify import job as notify_job
 
     c: Ctx = ctx.obj
-    results = check(load_stack_config(c), rule or None)
+    config = load_stack_config(c)
+    with notify_job(config, "integrity", env=c.opts.env) as job:
+        results = check(config, rule or None)
+        job.record(status=overall(results), errors=[
+            f"{r.name}: {r.status}" + (f" ({r.error})" if r.error else "")
+            for r in results if r.status != "healthy"])
     if c.opts.json:
         c.emit({"status": overall(results), "rules": [r.to_dict() for r in results]})
     else:

@@ -71,13 +71,18 @@ def _config_password(r: Any, env: dict[str, str]) -> str:
 
 
 def stack_backup(c: Ctx, components: list[str], tags: list[str], host: str | None) -> None:
+    from stackvault.ops.notify import job as notify_job
     from stackvault.ops.stack_backup import backup_stack
 
     config = load_stack_config(c)
-    repo = open_stack_repo(c, config)
-    with c.progress("backup") as progress:
-        res = backup_stack(repo, config, components=components or None, tags=tags,
-                           hostname=host, progress=progress, retry_lock=c.opts.retry_lock)
+    with notify_job(config, "backup", env=c.opts.env) as job:
+        repo = open_stack_repo(c, config)
+        with c.progress("backup") as progress:
+            res = backup_stack(repo, config, components=components or None, tags=tags,
+                               hostname=host, progress=progress, retry_lock=c.opts.retry_lock)
+        job.record(snapshot=res.snapshot.id, complete=res.complete,
+                   components={o.name: "ok" if o.ok else "failed" for o in res.components},
+                   errors=[f"{o.name}: {o.error}" for o in res.components if not o.ok])
     snap = res.snapshot
     if c.opts.json:
         c.emit({"snapshot": snap.id, "complete": res.complete,
@@ -106,6 +111,7 @@ def stack_backup(c: Ctx, components: list[str], tags: list[str], host: str | Non
 def stack_restore(c: Ctx, snapshot: str, components: list[str], to: list[str],
                   at: str | None, dry_run: bool, yes: bool, no_safety: bool,
                   force: bool) -> None:
+    from stackvault.ops.notify import job as notify_job
     from stackvault.ops.stack_restore import plan_restore, raise_if_failed, restore_stack
 
     config = load_stack_config(c)
@@ -151,9 +157,13 @@ def stack_restore(c: Ctx, snapshot: str, components: list[str], to: list[str],
                              hint="run it on a terminal, or pass --yes")
         if not typer.confirm("go ahead?", default=False):
             raise UsageError("restore cancelled; nothing was changed")
-    with c.progress("restore") as progress:
-        report = restore_stack(repo, config, plan, safety=not no_safety, force=force,
-                               progress=progress, retry_lock=c.opts.retry_lock)
+    with notify_job(config, "restore", env=c.opts.env) as job:
+        with c.progress("restore") as progress:
+            report = restore_stack(repo, config, plan, safety=not no_safety, force=force,
+                                   progress=progress, retry_lock=c.opts.retry_lock)
+        job.record(snapshot=plan.snapshot.id, seconds=round(report.seconds, 3),
+                   errors=[f"{o.component}: {o.error or 'not verified'}"
+                           for o in report.outcomes if not (o.ok and o.verified)])
     if c.opts.json:
         c.emit(report.to_dict())
     else:

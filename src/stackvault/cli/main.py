@@ -21,6 +21,7 @@ from stackvault.cli import (
     cmd_quickstart,
     cmd_repo,
     cmd_restore,
+    cmd_schedule,
     cmd_stack,
 )
 from stackvault.cli.context import Ctx, Options
@@ -76,7 +77,8 @@ def main_options(
 
 
 for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_config,
-               cmd_stack, cmd_demo, cmd_quickstart, cmd_drill, cmd_integrity):
+               cmd_stack, cmd_demo, cmd_quickstart, cmd_drill, cmd_integrity,
+               cmd_schedule):
     module.register(app)
 
 

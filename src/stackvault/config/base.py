@@ -226,6 +226,9 @@ class _Model(BaseModel):
 
     secret_advice: ClassVar[str] = ("secrets are never written in stackvault.yaml: name an "
                                     "environment variable or a file that holds them")
+    # Keys refused with `secret_advice` in this section although their name looks harmless
+    # (e.g. the `url` of a Slack webhook, which is its credential).
+    secret_keys: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def raw_checks(cls, data: dict[str, Any]) -> list[tuple[Loc, str]]:
@@ -241,7 +244,8 @@ class _Model(BaseModel):
         problems: list[InitErrorDetails] = []
         clean = {}
         for key, value in data.items():
-            if isinstance(key, str) and _looks_secret(key) and key not in cls.model_fields:
+            if isinstance(key, str) and (_looks_secret(key) or key in cls.secret_keys) \
+                    and key not in cls.model_fields:
                 problems.append(InitErrorDetails(type=_error("secret_in_config",
                                                              cls.secret_advice),
                                                  loc=(key,), input=None))

@@ -23,6 +23,8 @@ from stackvault.config.integrity_schema import (
     ReferencesRule,
     StuckJobsRule,
 )
+from stackvault.config.notify_schema import DOC_SECTIONS as NOTIFY_SECTIONS
+from stackvault.config.schedule_schema import DOC_SECTIONS as SCHEDULE_SECTIONS
 from stackvault.config.schema import (
     COMPONENT_TYPES,
     SECRET_WORDS,
@@ -76,6 +78,8 @@ SECTIONS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("A rule, type: stuck_jobs", "rule-stuck-jobs", StuckJobsRule, False),
     ("A rule, type: custom", "rule-custom", CustomRule, False),
     ("A locator (source, target, relink)", "locator", Locator, False),
+    *NOTIFY_SECTIONS,
+    *SCHEDULE_SECTIONS,
 ]
 _ANCHORS = {model: anchor for _, anchor, model, _ in SECTIONS}
 
@@ -183,7 +187,12 @@ def _type(ann: Any, marks: list[Any]) -> str:
         return f"mapping of {_type(key, [])} to {_type(value, [])}"
     if isinstance(ann, type) and ann in _ANCHORS:
         return f"[{_ANCHORS[ann].replace('-', ' ')}](#{_ANCHORS[ann]})"
-    if typing.get_origin(unwrap(ann)) is not None:  # the union of component types
+    if typing.get_origin(unwrap(ann)) is not None:  # a union of models chosen by `type`
+        members = [m for m in typing.get_args(unwrap(ann)) if isinstance(m, type)]
+        if members and all(m in _ANCHORS for m in members) and not any(
+                issubclass(m, ComponentBase) for m in members):
+            return "one of " + ", ".join(f"[{_ANCHORS[m].replace('-', ' ')}](#{_ANCHORS[m]})"
+                                         for m in members) + " (by `type`)"
         return "component ([every component](#components), by `type`)"
     return {str: "string", int: "integer", bool: "boolean", float: "number",
             Path: "path"}.get(ann, getattr(ann, "__name__", str(ann)))

@@ -115,6 +115,27 @@ EXAMPLE: dict[str, Any] = {
         "probes": [{"name": "documents are there", "component": "app-db",
                     "sql": "SELECT count(*) > 0 FROM documents", "expect": "True"}],
     },
+    "notifications": {"channels": [
+        {"type": "slack", "url_env": "SLACK_WEBHOOK_URL"},
+        {"type": "email", "name": "ops-mail", "on": ["failure", "success"],
+         "host": "smtp.example.com", "port": 587, "security": "starttls",
+         "sender": "stackvault@example.com", "to": ["ops@example.com"],
+         "username": "stackvault@example.com", "password_env": "SMTP_PASSWORD",
+         "ca_file": "/etc/ssl/certs/internal-ca.pem", "subject_prefix": "[stackvault]"},
+        {"type": "webhook", "url": "https://ops.example.com/hooks/stackvault",
+         "headers_env": {"Authorization": "OPS_WEBHOOK_TOKEN"}, "events": ["backup", "drill"]},
+        {"type": "discord", "url_env": "DISCORD_WEBHOOK_URL", "events": ["backup"]},
+        {"type": "ping", "url": "https://hc-ping.com/0f6c2b7e-9b7d-4f3b-8a3e-1c2d3e4f5a6b",
+         "events": ["backup"],
+         "start": "/start", "success": "", "fail": "/fail", "method": "POST"},
+    ]},
+    "schedule": {"timezone": "Europe/Berlin",
+                 "backup": {"cron": "30 2 * * *", "jitter": "10m"},
+                 "prune": {"cron": "30 4 * * 0", "keep_daily": 7, "keep_weekly": 4,
+                           "keep_monthly": 12},
+                 "check": {"cron": "0 5 * * *", "read_data_subset": "5%", "missed": "skip"},
+                 "drill": {"cron": "0 6 * * 6"},
+                 "integrity": {"cron": "15 * * * *", "missed": "skip"}},
 }
 
 

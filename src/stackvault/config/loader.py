@@ -306,6 +306,12 @@ def _message(err: Mapping[str, Any], parts: KeyPath, parent: Any, node: Any) -> 
             else "unknown key"
     if kind == "missing":
         return "required, but missing"
+    tags = _union_tags(parent)  # a list of other tagged models (rules, channels)?
+    if kind in ("union_tag_invalid", "union_tag_not_found") and tags \
+            and set(tags) != set(COMPONENT_TYPES):
+        tag = node.get("type") if isinstance(node, dict) else None
+        return (f"unknown type '{tag}'; the types here are: {', '.join(tags)}"
+                if kind == "union_tag_invalid" else f"needs a `type`: one of {', '.join(tags)}")
     if kind == "union_tag_invalid":
         tag = node.get("type") if isinstance(node, dict) else None
         return f"unknown component type '{tag}'; the types are: {types_}"
@@ -314,6 +320,14 @@ def _message(err: Mapping[str, Any], parts: KeyPath, parent: Any, node: Any) -> 
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a mapping (`key: value` lines)"
     return str(msg)
+
+
+def _union_tags(parent: Any) -> list[str]:
+    """The `type`s a list or mapping of tagged models takes (e.g. the channel types)."""
+    from stackvault.config.schema import union_members, unwrap
+
+    args = typing.get_args(unwrap(parent)) if parent is not None else ()
+    return list(union_members(args[-1])) if args else []
 
 
 def problems_from(exc: ValidationError, data: Any,

@@ -61,6 +61,8 @@ from stackvault.config.base import (  # noqa: F401 - re-exported: the schema's A
     parse_duration,
 )
 from stackvault.config.integrity_schema import IntegrityConfig
+from stackvault.config.notify_schema import NotificationsConfig
+from stackvault.config.schedule_schema import ScheduleConfig
 from stackvault.errors import ConfigError
 
 # --------------------------------------------------------------------------- hooks, targets
@@ -582,6 +584,14 @@ class StackConfig(_Model):
     integrity: IntegrityConfig = Field(
         default_factory=lambda: IntegrityConfig(),
         description="Rules across stores for `stackvault integrity check|fix`.")
+    notifications: NotificationsConfig = Field(
+        default_factory=NotificationsConfig,
+        description="Where the outcome of backups, restores, drills and integrity checks "
+                    "is reported (webhook, Slack, Discord, email, ping URLs).")
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig,
+        description="When backup, forget+prune, check, drill and integrity run (`stackvault "
+                    "serve`, `stackvault schedule install`).")
 
     _source: Path | None = PrivateAttr(None)
     _sha256: str = PrivateAttr("")
