@@ -78,11 +78,32 @@ def integrity_check(ctx: typer.Context, rule: list[str] = typer.Option(
         job.record(status=overall(results), errors=[
             f"{r.name}: {r.status}" + (f" ({r.error})" if r.error else "")
             for r in results if r.status != "healthy"])
+    report = {"status": overall(results), "rules": [r.to_dict() for r in results]}
+    _keep_report(c, config, report)
     if c.opts.json:
-        c.emit({"status": overall(results), "rules": [r.to_dict() for r in results]})
+        c.emit(report)
     else:
         _print_results(c, results, plan=False)
     _exit_for(results)
+
+
+def _keep_report(c: Ctx, config: Any, report: dict[str, Any]) -> None:
+    """The newest report, for `stackvault serve` (its dashboard and /metrics)."""
+    import json
+    import os
+    from datetime import UTC, datetime
+
+    from stackvault.serve.service import INTEGRITY_REPORT, default_state_dir
+
+    path = default_state_dir(config, c.opts.env) / INTEGRITY_REPORT
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**report, "finished": datetime.now(UTC).isoformat()}),
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        c.warn(f"could not keep the report in {path}: {exc.strerror}")
 
 
 @integrity_app.command("fix")
@@ -148,12 +169,19 @@ def integrity_fix(
 
 
 @audit_app.command("verify")
-def audit_verify(ctx: typer.Context) -> None:
+def audit_verify(ctx: typer.Context, repo: bool = typer.Option(
+        False, "--repo", help="Check the copies in the repository instead (written by "
+        "`stackvault serve` and `audit copy`); each must verify, and the local log must "
+        "begin with the newest copy.")) -> None:
     """Check the audit log's hash chain: a changed, inserted or removed line is found."""
     from stackvault.ops import audit
 
     c: Ctx = ctx.obj
-    log = audit.default_path(load_stack_config(c), c.opts.env)
+    config = load_stack_config(c)
+    log = audit.default_path(config, c.opts.env)
+    if repo:
+        _verify_copies(c, config, log)
+        return
     n, problems = audit.verify(log)
     if c.opts.json:
         c.emit({"entries": n, "ok": not problems, "problems": problems, "path": str(log)})
@@ -161,7 +189,60 @@ def audit_verify(ctx: typer.Context) -> None:
         c.info(f"{log}: {n} entries, chain intact")
     if problems:
         raise StackVaultError(f"{log}: the audit log was changed: " + "; ".join(problems[:5]),
-                              hint="compare with the copy in the repository or a backup")
+                              hint="compare with the copy in the repository "
+                                   "(stackvault audit verify --repo) or a backup")
+
+
+def _verify_copies(c: Ctx, config: Any, log: Any) -> None:
+    from stackvault.cli.cmd_stack import open_stack_repo
+    from stackvault.ops import audit
+
+    repo = open_stack_repo(c, config)
+    try:
+        copies = audit.repo_copies(repo)
+    finally:
+        repo.close()
+    problems: list[str] = []
+    entries = 0
+    local = log.read_bytes() if log.exists() else b""
+    for doc_id, data in copies:
+        n, bad = audit.verify_text(data.decode("utf-8", "replace"))
+        entries = max(entries, n)
+        problems += [f"copy {doc_id[:8]}: {p}" for p in bad]
+        if not local.startswith(data):
+            problems.append(f"copy {doc_id[:8]}: the local log does not begin with it (lines "
+                            "were changed or removed since it was copied)")
+    if not copies:
+        problems.append("the repository holds no copy of the audit log")
+    if c.opts.json:
+        c.emit({"copies": len(copies), "entries": entries, "ok": not problems,
+                "problems": problems})
+    elif not problems:
+        c.info(f"{len(copies)} cop{'y' if len(copies) == 1 else 'ies'} in the repository, "
+               f"{entries} entries, chain intact, the local log continues it")
+    if problems:
+        raise StackVaultError("audit log copies: " + "; ".join(problems[:5]))
+
+
+@audit_app.command("copy")
+def audit_copy(ctx: typer.Context) -> None:
+    """Copy the audit log into the repository now (`stackvault serve` does it by itself)."""
+    from stackvault.cli.cmd_stack import open_stack_repo
+    from stackvault.ops import audit
+    from stackvault.serve.service import default_state_dir
+
+    c: Ctx = ctx.obj
+    config = load_stack_config(c)
+    log = audit.default_path(config, c.opts.env)
+    repo = open_stack_repo(c, config)
+    try:
+        doc = audit.copy_to_repo(repo, log, default_state_dir(config, c.opts.env))
+    finally:
+        repo.close()
+    if c.opts.json:
+        c.emit({"copied": doc is not None, "id": doc})
+    else:
+        c.info(f"copied {log} into the repository" if doc else "the copy is up to date")
 
 
 def reset(

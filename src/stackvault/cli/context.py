@@ -154,7 +154,13 @@ class Ctx:
 
     @contextmanager
     def progress(self, label: str) -> Iterator[ProgressFn]:
-        """A progress callback: a bar with rate and ETA on a terminal, nothing otherwise."""
+        """A progress callback: a bar with rate and ETA on a terminal, nothing otherwise; with
+        STACKVAULT_PROGRESS_FILE set (by `stackvault serve` for its tasks), the latest event
+        is also written there as JSON, at most twice a second."""
+        file = self.opts.env.get("STACKVAULT_PROGRESS_FILE")
+        if file:
+            yield progress_file_writer(file, label)
+            return
         if self.opts.quiet or self.opts.json or not self.err.is_terminal:
             yield no_progress
             return
@@ -171,6 +177,28 @@ class Ctx:
 
         with bar:
             yield update
+
+
+def progress_file_writer(path: str, label: str, every: float = 0.5) -> ProgressFn:
+    """A progress callback that replaces ``path`` with the latest event (atomically)."""
+    import time
+
+    last = [0.0]
+
+    def update(event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last[0] < every:
+            return
+        last[0] = now
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"label": label, **event}, f, default=str)
+            os.replace(tmp, path)
+        except OSError:
+            return  # progress is a courtesy: never fail the job for it
+
+    return update
 
 
 def human(n: float) -> str:

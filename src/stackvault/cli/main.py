@@ -22,6 +22,7 @@ from stackvault.cli import (
     cmd_repo,
     cmd_restore,
     cmd_schedule,
+    cmd_serve,
     cmd_stack,
 )
 from stackvault.cli.context import Ctx, Options
@@ -78,7 +79,7 @@ def main_options(
 
 for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore, cmd_maintain, cmd_config,
                cmd_stack, cmd_demo, cmd_quickstart, cmd_drill, cmd_integrity,
-               cmd_schedule):
+               cmd_schedule, cmd_serve):
     module.register(app)
 
 
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 sys.stderr.write("  (run again with --traceback for details; please report it)\n")
             code = int(ExitCode.ERROR)
+    from stackvault.cli.audit_hook import record
+
+    record(args, code)
     if argv is None:
         sys.exit(code)
     return code

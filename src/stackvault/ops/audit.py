@@ -92,3 +92,78 @@ def verify(path: Path) -> tuple[int, list[str]]:
                 problems.append(f"line {lineno}: sequence {entry.get('seq')}, expected {n}")
             prev = str(entry.get("hash", ""))
     return n, problems
+
+
+# --------------------------------------------------------------------------- repository copy
+
+REPO_FOLDER = "audit"
+COPY_STATE = "audit-copy.json"
+
+
+def copy_to_repo(repo: Any, path: Path, state_dir: Path) -> str | None:
+    """Copy the audit log into the repository (encrypted, as `audit/<id>`), when it changed
+    since the last copy, and delete that last copy. Returns the new copy's id (None when
+    there was nothing new). `stackvault audit verify --repo` checks the copies."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    state_file = Path(state_dir) / COPY_STATE
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    digest = hashlib.sha256(data).hexdigest()
+    if state.get("sha256") == digest and state.get("repo") == repo.id:
+        return None
+    doc_id: str = repo.save_raw_doc("audit", data, REPO_FOLDER)
+    tmp = state_file.with_name(f".{COPY_STATE}.tmp")
+    tmp.write_text(json.dumps({"repo": repo.id, "doc": doc_id, "sha256": digest}),
+                   encoding="utf-8")
+    os.replace(tmp, state_file)
+    old = state.get("doc")
+    if old and old != doc_id and state.get("repo") == repo.id:
+        try:
+            repo.storage.delete(f"{REPO_FOLDER}/{old}")
+        except Exception:  # noqa: BLE001 - a leftover copy is harmless
+            pass
+    return doc_id
+
+
+def repo_copies(repo: Any) -> list[tuple[str, bytes]]:
+    """Every audit log copy in the repository: (id, content)."""
+    return [(o.name.split("/", 1)[1],
+             repo.load_raw_doc("audit", REPO_FOLDER, o.name.split("/", 1)[1]))
+            for o in repo.storage.list(f"{REPO_FOLDER}/")]
+
+
+def verify_text(text: str) -> tuple[int, list[str]]:
+    """`verify` for a log held in memory (a repository copy)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".jsonl") as f:
+        f.write(text)
+        f.flush()
+        return verify(Path(f.name))
+
+
+def tail(path: Path, n: int = 50) -> list[dict[str, Any]]:
+    """The last ``n`` entries, newest last (reads only the end of a long log)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 2048 * n))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > len(data):
+        lines = lines[1:]  # the first may be cut
+    out = []
+    for line in lines[-n:]:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
