@@ -310,3 +310,31 @@ def test_tokens_are_kept_hashed_listed_without_secrets_and_revocable(
     log = (d / "stackvault-audit.jsonl").read_text()
     assert '"action":"token create"' in log and '"action":"token revoke"' in log
     assert tok not in log
+
+
+def test_the_scheduler_of_serve_runs_a_due_job(tmp_path: Path) -> None:
+    # A backup every minute: within about a minute the scheduler starts it as a task.
+    sv = make_stack(tmp_path, """\
+schedule:
+  timezone: Europe/Berlin
+  backup:
+    cron: "* * * * *"
+""")
+    server = Server(sv).start()
+    try:
+        with server.client(token(sv, "read")) as c:
+            sched = c.get("/api/v1/schedule").json()
+            assert sched["timezone"] == "Europe/Berlin" and "backup" in sched["jobs"]
+            task = wait_for(lambda: [t for t in c.get("/api/v1/tasks").json()["tasks"]
+                                     if t["who"] == "scheduler"], timeout=90,
+                            what="a scheduled backup")[0]
+            assert task["kind"] == "backup"
+            done = wait_task(c, task["id"])
+            assert done["status"] == "succeeded", done
+            job = wait_for(lambda: (j := c.get("/api/v1/schedule").json()["jobs"]["backup"])
+                           .get("last_run") and j["last_run"]["outcome"] == "success" and j,
+                           what="the run recorded")
+            assert job["next_run"] > job["last_run"]["started"]
+    finally:
+        server.stop()
+        stop_tasks(tmp_path / "stackvault-state")

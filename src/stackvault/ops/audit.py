@@ -69,7 +69,8 @@ def verify(path: Path) -> tuple[int, list[str]]:
     before with `prev`, and count up with `seq`."""
     if not path.exists():
         raise UsageError(f"there is no audit log at {path}",
-                         hint="it is written by integrity fix, reset and (later) every change")
+                         hint="every command that changes something writes it, and so "
+                              "does the API (docs/serve.md)")
     problems: list[str] = []
     prev, n = GENESIS, 0
     with open(path, encoding="utf-8") as f:
