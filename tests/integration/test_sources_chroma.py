@@ -3,7 +3,8 @@ servers started here on loopback ports. Round trips in both modes and across the
 server, server -> folder), collections with metadata and configuration (cosine, l2, ip, legacy
 `hnsw:*` metadata, empty), unicode ids and documents, metadatas of every allowed type, a few
 thousand records in pages, restore under other names compared record by record, sample
-queries, refusal to overwrite unless forced, `tables`, damaged and truncated artifacts with
+queries (also against an approximate index that answers them differently after a restore),
+refusal to overwrite unless forced, `tables`, damaged and truncated artifacts with
 nothing half restored, an unreachable server, tokens, config and the install hint."""
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from stackvault.config.loader import check_text
 from stackvault.errors import SourceCorrupt, SourceError, SourceInUse, SourceUnavailable, UsageError
 from stackvault.sources.base import DataSource
 from stackvault.sources.chroma import INDEX, ChromaSource, artifact_name
-from stackvault.sources.chroma.verify import same_answer
+from stackvault.sources.chroma.stream import Reader
+from stackvault.sources.chroma.verify import check_samples, exact_answer, same_answer
 from stackvault.sources.directory import DirectorySink, DirectorySource
 from stackvault.sources.registry import get_source_class, register, unregister
 from support.chroma_server import ChromaServer, start, stop
@@ -218,6 +220,73 @@ def test_the_source_is_left_alone_and_every_page_is_read(tmp_path: Path) -> None
         assert res.fingerprint.counts == {"paged": 1000}
         digests.add(res.fingerprint.digests["paged"])
     assert len(digests) == 1
+
+
+# --- sample queries against an approximate index ------------------------------------------------
+
+# an HNSW index this sparse misses neighbours: built again from the same records in another
+# order, it answers the sample queries differently (so it did in every run with 3,000 vectors)
+COARSE = {"ef_search": 10, "ef_construction": 10, "max_neighbors": 4}
+
+
+def coarse_collection(client: Any, space: str = "l2", n: int = 3000) -> Any:
+    """`n` random 384-dimensional vectors, added in shuffled batches."""
+    col = client.create_collection("coarse", embedding_function=None,
+                                   configuration={"hnsw": {**COARSE, "space": space}})
+    rng = np.random.default_rng(11)
+    emb = rng.normal(size=(n, 384)).astype(np.float32)
+    order = rng.permutation(n)
+    for part in np.array_split(order, 3):
+        col.add(ids=[f"v{i}" for i in part], embeddings=emb[part])
+    return col
+
+
+def trailer_samples(art: Path) -> list[dict[str, Any]]:
+    with open(art / artifact_name(0), "rb") as f:
+        return [v for k, v in Reader(f, "test").frames() if k == "end"][0]["samples"]
+
+
+def test_an_approximate_index_does_not_fail_a_correct_restore(tmp_path: Path,
+                                                              server: ChromaServer) -> None:
+    folder = tmp_path / "chroma"
+    client = folder_client(folder)
+    coarse_collection(client)
+    source = ChromaSource(path=str(folder), batch_size=700)
+    res = backup(source, tmp_path / "art")
+    samples = trailer_samples(tmp_path / "art")
+    for target, restored in (({"to": "#copy-*"}, lambda: client),
+                             ({"to": server.url}, server.client)):
+        source.restore(DirectorySource(tmp_path / "art"), target=target)
+        assert res.fingerprint.compare(source.fingerprint(target=target)) == []
+        name = "copy-coarse" if target["to"].startswith("#") else "coarse"
+        col = restored().get_collection(name, embedding_function=None)
+        got = [col.query(query_embeddings=[s["embedding"]], n_results=5,
+                         include=["distances"]) for s in samples]
+        # the case at hand: the restored index does answer differently
+        assert not all(same_answer(s["ids"], s["distances"], g["ids"][0], g["distances"][0])
+                       for s, g in zip(samples, got, strict=True))
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
+def test_a_sample_record_restored_differently_fails(tmp_path: Path, space: str) -> None:
+    folder = tmp_path / "chroma"
+    client = folder_client(folder)
+    coarse_collection(client, space, n=600)
+    source = ChromaSource(path=str(folder))
+    backup(source, tmp_path / "art")
+    samples = trailer_samples(tmp_path / "art")
+    source.restore(DirectorySource(tmp_path / "art"), target={"to": "#copy-*"})
+    copy = client.get_collection("copy-coarse", embedding_function=None)
+    check_samples(copy, samples, space, "copy")
+    assert all(exact_answer(copy, space, s) for s in samples)  # chromadb's distances
+    rid = samples[0]["ids"][1]
+    emb = np.asarray(copy.get(ids=[rid], include=["embeddings"])["embeddings"][0])
+    copy.update(ids=[rid], embeddings=[emb * 1.01 + 0.01])  # a little off
+    with pytest.raises(SourceCorrupt, match="sample query"):
+        check_samples(copy, samples, space, "copy")
+    copy.delete(ids=[rid])
+    with pytest.raises(SourceCorrupt, match="sample query"):
+        check_samples(copy, samples, space, "copy")
 
 
 # --- refusals ----------------------------------------------------------------------------------

@@ -84,11 +84,12 @@ class ChromaSource:
     Restore: every collection is first built under a temporary name (`svtmp-...`): created
     with the backed-up schema (else configuration) and metadata, each page added and read back
     (documents, metadatas and uris equal, embeddings within a relative 1e-5), counts and
-    digests checked against the trailer and the sample queries answered again. Only when all
-    are built does the switch-over delete the collections they replace and rename each with
-    `collection.modify(name=...)`; on any failure before it the temporary collections are
-    deleted and the target is as it was. A target collection holding records is refused
-    (SourceInUse) unless forced.
+    digests checked against the trailer and the sample queries checked (see `verify.py`:
+    their records at the recorded distances; HNSW search being approximate, the restored
+    index need not answer the same). Only when all are built does the switch-over delete the
+    collections they replace and rename each with `collection.modify(name=...)`; on any
+    failure before it the temporary collections are deleted and the target is as it was. A
+    target collection holding records is refused (SourceInUse) unless forced.
 
     Fingerprint, per collection NAME (the backup's name, also when restored under another):
     `counts[NAME]` records; `digests[NAME]` ids, documents, metadatas and uris;
@@ -457,7 +458,8 @@ class ChromaSource:
                         if col.count() != digest.records:
                             raise SourceCorrupt(f"{what}: {col.count()} records restored, "
                                                 f"{digest.records} expected")
-                        check_samples(col, value.get("samples") or [], what)
+                        check_samples(col, value.get("samples") or [],
+                                      space_of(_conf(col), col.metadata), what)
 
 
 def _create(client: Any, store: Store, name: str, schema: Any, conf: dict[str, Any],

@@ -54,6 +54,8 @@ from stackvault.sources.qdrant.store import (
 
 __all__ = ["MANIFEST", "QdrantSource", "points_artifact"]
 
+EXACT = models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
+
 
 def _client_version() -> str:
     return metadata.version("qdrant-client")
@@ -156,9 +158,12 @@ class QdrantSource:
                 break
         yield json.dumps({"end": True, "points": digest.points}).encode() + b"\n"
 
-    def _searches(self, client: QdrantClient, name: str,
+    def _searches(self, client: QdrantClient, store: Store, name: str,
                   digest: CollectionDigest) -> list[list[Any]]:
-        """[[sample id, vector name, answer ids], ...] for the sample points."""
+        """[[sample id, vector name, answer ids], ...] for the sample points. A server is
+        asked for an exact search: its HNSW index is approximate, and a restored copy (indexed
+        anew, or not yet) could answer otherwise. Local mode always searches exactly."""
+        params = EXACT if store.url else None
         out = []
         for pid, enc in digest.samples():
             vectors = decode_vectors(enc, unnamed=False)
@@ -167,12 +172,14 @@ class QdrantSource:
                 if isinstance(query, models.SparseVector) and not query.indices:
                     continue
                 hits = client.query_points(name, query=query, using=vname or None,
-                                           limit=TOP + 1, with_payload=False).points
+                                           limit=TOP + 1, with_payload=False,
+                                           search_params=params).points
                 out.append([pid, vname, answer(hits)])
         return out
 
-    def _state(self, client: QdrantClient, name: str, sink: ArtifactSink | None = None,
-               artifact: str = "") -> tuple[dict[str, Any], Any]:
+    def _state(self, client: QdrantClient, store: Store, name: str,
+               sink: ArtifactSink | None = None, artifact: str = ""
+               ) -> tuple[dict[str, Any], Any]:
         """What the manifest and the fingerprint say about a collection (and its points
         stream in `sink`, if given)."""
         info = client.get_collection(name)
@@ -190,7 +197,7 @@ class QdrantSource:
         return {"name": name, "artifact": artifact, "config": config_of(info),
                 "payload_schema": schema_of(info), "points": digest.points,
                 "content": digest.content,
-                "searches": self._searches(client, name, digest)}, art
+                "searches": self._searches(client, store, name, digest)}, art
 
     # -- inspection
     def probe(self) -> ProbeResult:
@@ -226,7 +233,7 @@ class QdrantSource:
                         b = self.collections[0]
                     if b is not None and (self.collections is None or b in self.collections):
                         mapping[t] = b
-            states = {b: self._state(client, t)[0] for t, b in mapping.items()}
+            states = {b: self._state(client, store, t)[0] for t, b in mapping.items()}
         return fingerprint_of(states)
 
     # -- drills
@@ -306,7 +313,7 @@ class QdrantSource:
             entries = []
             arts = []
             for i, name in enumerate(names):
-                entry, art = self._state(client, name, sink, points_artifact(i))
+                entry, art = self._state(client, self.store, name, sink, points_artifact(i))
                 entry["aliases"] = aliases.get(name, [])
                 entries.append(entry)
                 arts.append(art)
