@@ -89,19 +89,15 @@ def integrity_check(ctx: typer.Context, rule: list[str] = typer.Option(
 
 def _keep_report(c: Ctx, config: Any, report: dict[str, Any]) -> None:
     """The newest report, for `stackvault serve` (its dashboard and /metrics)."""
-    import json
-    import os
     from datetime import UTC, datetime
 
     from stackvault.serve.service import INTEGRITY_REPORT, default_state_dir
+    from stackvault.statefile import replace_json
 
     path = default_state_dir(config, c.opts.env) / INTEGRITY_REPORT
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**report, "finished": datetime.now(UTC).isoformat()}),
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        replace_json(path, {**report, "finished": datetime.now(UTC).isoformat()})
     except OSError as exc:
         c.warn(f"could not keep the report in {path}: {exc.strerror}")
 

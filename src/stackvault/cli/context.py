@@ -28,6 +28,7 @@ from stackvault.progress import Progress as ProgressFn
 from stackvault.progress import no_progress
 from stackvault.repo.crypto import KdfParams
 from stackvault.repo.repository import Repository
+from stackvault.statefile import replace_json
 from stackvault.storage import open_storage
 
 
@@ -190,11 +191,8 @@ def progress_file_writer(path: str, label: str, every: float = 0.5) -> ProgressF
         if now - last[0] < every:
             return
         last[0] = now
-        tmp = f"{path}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"label": label, **event}, f, default=str)
-            os.replace(tmp, path)
+            replace_json(path, {"label": label, **event})
         except OSError:
             return  # progress is a courtesy: never fail the job for it
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from stackvault.errors import UsageError
+from stackvault.statefile import replace_json
 
 GENESIS = "0" * 64
 FILE_NAME = "stackvault-audit.jsonl"
@@ -118,10 +119,7 @@ def copy_to_repo(repo: Any, path: Path, state_dir: Path) -> str | None:
     if state.get("sha256") == digest and state.get("repo") == repo.id:
         return None
     doc_id: str = repo.save_raw_doc("audit", data, REPO_FOLDER)
-    tmp = state_file.with_name(f".{COPY_STATE}.tmp")
-    tmp.write_text(json.dumps({"repo": repo.id, "doc": doc_id, "sha256": digest}),
-                   encoding="utf-8")
-    os.replace(tmp, state_file)
+    replace_json(state_file, {"repo": repo.id, "doc": doc_id, "sha256": digest})
     old = state.get("doc")
     if old and old != doc_id and state.get("repo") == repo.id:
         try:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from stackvault.config.schedule_schema import (
     ScheduledJob,
     subset_slices,
 )
+from stackvault.statefile import replace_json
 
 STATE_FILE = "schedule-state.json"
 STATE_VERSION = 1
@@ -495,6 +495,4 @@ class Scheduler:
                             "last_run": s.last_run, "last_success": s.last_success}
                         for n, s in sorted(self._state.items())},
                "check_coverage": self.coverage.to_dict() if self.coverage else None}
-        tmp = self.state_path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        replace_json(self.state_path, doc, indent=2)

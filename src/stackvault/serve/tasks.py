@@ -22,7 +22,6 @@ restarts.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from stackvault.statefile import replace_json
 
 TASK_KINDS = ("backup", "prune", "check", "drill", "integrity", "restore")
 FINAL = ("succeeded", "failed")
@@ -93,9 +94,7 @@ def read_task(path: Path) -> Task:
 
 
 def write_task(path: Path, task: Task) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(task.to_dict(), default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    replace_json(path, task.to_dict())
 
 
 def cli_error(stderr: str) -> str | None:

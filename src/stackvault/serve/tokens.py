@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stackvault.errors import UsageError
+from stackvault.statefile import replace_json
 
 Scope = Literal["read", "operate", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "operate", "admin")
@@ -79,13 +79,8 @@ class TokenStore:
 
     def _save(self, tokens: dict[str, TokenInfo]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "tokens": [asdict(t) for t in tokens.values()]}, f,
-                      indent=2)
-            f.write("\n")
-        os.replace(tmp, self.path)
+        replace_json(self.path, {"version": 1, "tokens": [asdict(t) for t in tokens.values()]},
+                     mode=0o600, indent=2)
         self._mtime = None
 
     def list(self) -> list[TokenInfo]:
