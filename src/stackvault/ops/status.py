@@ -76,15 +76,26 @@ def _component(name: str, comp: Any) -> ComponentStatus:
 
 def stack_status(config: Any, open_repo: Any) -> StackStatus:
     """Probe every component (concurrently) and the repository (`open_repo()` opens it)."""
-    names = list(config.components)
-    with ThreadPoolExecutor(min(8, max(1, len(names))), thread_name_prefix="sv-status") as ex:
-        comps = list(ex.map(lambda n: _component(n, config.components[n]), names))
-    status = StackStatus(comps)
+    status = StackStatus(probe_components(config))
     try:
         repo: Repository = open_repo()
     except StackVaultError as e:
         status.repository = {"reachable": False, "error": str(e)}
         return status
+    add_repository(status, config, repo)
+    return status
+
+
+def probe_components(config: Any) -> list[ComponentStatus]:
+    """Every component's reachability, version and size, probed concurrently."""
+    names = list(config.components)
+    with ThreadPoolExecutor(min(8, max(1, len(names))), thread_name_prefix="sv-status") as ex:
+        return list(ex.map(lambda n: _component(n, config.components[n]), names))
+
+
+def add_repository(status: StackStatus, config: Any, repo: Repository) -> None:
+    """Fill in each component's last backup, the repository's figures and the last drill."""
+    comps = status.components
     now = datetime.now(UTC)
     snaps = [s for s in repo.list_snapshots() if s.kind == "stack" and SAFETY_TAG not in s.tags]
     for c in comps:
@@ -108,7 +119,6 @@ def stack_status(config: Any, open_repo: Any) -> StackStatus:
         last = drills[-1]
         status.last_drill = {"started": last.started, "ok": last.ok,
                              "rto_seconds": last.rto_seconds, "snapshot": last.snapshot}
-    return status
 
 
 def _free_space(location: str) -> int | None:

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stackvault import __version__
@@ -123,6 +124,21 @@ def _name_ok(name: str) -> bool:
     return bool(name) and len(name) <= 200 and not name.startswith("-") and "\n" not in name
 
 
+def _component_args(components: list[str]) -> list[str]:
+    """`--component NAME` for each, after checking that none can pass for an option."""
+    for c in components:
+        if not _name_ok(c):
+            raise ApiError(422, "invalid_request", f"bad component {c!r}")
+    return [a for c in components for a in ("--component", c)]
+
+
+def _start(service: Service, kind: str, args: list[str], who: str) -> Any:
+    try:
+        return service.tasks.start(kind, args, who)
+    except TaskConflict as exc:
+        raise ApiError(409, "task_running", str(exc)) from None
+
+
 # --------------------------------------------------------------------------- app
 
 
@@ -157,10 +173,12 @@ def create_app(service: Service) -> FastAPI:
             details = {"path": request.url.path, "status": response.status_code,
                        "client": request.client.host if request.client else None}
             details.update(getattr(request.state, "audit", {}))
-            audit.append(service.audit_path, f"api {request.method} {request.url.path}",
-                         "ok" if response.status_code < 400 else "refused"
-                         if response.status_code in (401, 403) else "failed",
-                         details, who=p.who if p else "anonymous")
+            # The append fsyncs: off the event loop, so other requests are not held up.
+            await run_in_threadpool(
+                audit.append, service.audit_path, f"api {request.method} {request.url.path}",
+                "ok" if response.status_code < 400 else "refused"
+                if response.status_code in (401, 403) else "failed",
+                details, who=p.who if p else "anonymous")
         return response
 
     # ------------------------------------------------------------------ open
@@ -293,11 +311,7 @@ def create_app(service: Service) -> FastAPI:
                    p: Principal = Depends(OPERATE)) -> dict[str, Any]:
         """Start a backup, drill, check, integrity run or prune; follow it at
         /api/v1/tasks/{id}."""
-        args = _task_args(service, body)
-        try:
-            t = service.start_task(body.kind, args, p.who)
-        except TaskConflict as exc:
-            raise ApiError(409, "task_running", str(exc)) from None
+        t = _start(service, body.kind, _task_args(service, body), p.who)
         request.state.audit = {"task": t.id, "kind": t.kind}
         return t.to_dict()
 
@@ -308,11 +322,7 @@ def create_app(service: Service) -> FastAPI:
                 p: Principal = Depends(OPERATE)) -> dict[str, Any]:
         """Plan a restore (default), or with `confirm: true` and an admin token, run it as a
         task (after a safety snapshot unless `no_safety_snapshot`)."""
-        args = ["restore", body.snapshot]
-        for c in body.components:
-            if not _name_ok(c):
-                raise ApiError(422, "invalid_request", f"bad component {c!r}")
-            args += ["--component", c]
+        args = ["restore", body.snapshot, *_component_args(body.components)]
         for name, target in body.to.items():
             if not (_name_ok(name) and _name_ok(target)):
                 raise ApiError(422, "invalid_request", f"bad target {name!r}")
@@ -329,10 +339,7 @@ def create_app(service: Service) -> FastAPI:
                            "(without `confirm` you get the plan)")
         if body.no_safety_snapshot:
             args.append("--no-safety-snapshot")
-        try:
-            t = service.start_task("restore", [*args, "--yes"], p.who)
-        except TaskConflict as exc:
-            raise ApiError(409, "task_running", str(exc)) from None
+        t = _start(service, "restore", [*args, "--yes"], p.who)
         request.state.audit = {"task": t.id, "snapshot": body.snapshot,
                                "components": body.components}
         return t.to_dict()
@@ -341,10 +348,7 @@ def create_app(service: Service) -> FastAPI:
 
 
 def _task_args(service: Service, body: TaskRequest) -> list[str]:
-    for c in body.components:
-        if not _name_ok(c):
-            raise ApiError(422, "invalid_request", f"bad component {c!r}")
-    comps = [a for c in body.components for a in ("--component", c)]
+    comps = _component_args(body.components)
     if body.kind == "backup":
         return ["backup", *comps]
     if body.kind == "drill":

@@ -10,24 +10,12 @@ only ever replaced whole (write to a temporary file, rename).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 from stackvault.ops.scheduler import JobLock
-from stackvault.serve.tasks import cli_error, now_iso, read_task, write_task
-
-
-def _last_json(text: str) -> object:
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith(("{", "[")):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
+from stackvault.serve.tasks import cli_error, last_json, now_iso, read_task, write_task
 
 
 def run(record: Path, config: Path, lock_dir: Path) -> int:
@@ -49,7 +37,7 @@ def run(record: Path, config: Path, lock_dir: Path) -> int:
         out = record.with_suffix(".out").read_text(encoding="utf-8", errors="replace")
         err = record.with_suffix(".err").read_text(encoding="utf-8", errors="replace")
         task = read_task(record)
-        task.exit_code, task.result = code, _last_json(out)
+        task.exit_code, task.result = code, last_json(out)
         task.status = "succeeded" if code == 0 else "failed"
         task.error = None if code == 0 else (cli_error(err) or f"exit code {code}")
         task.finished = now_iso()

@@ -20,7 +20,7 @@ from typing import Any
 from stackvault import __version__
 from stackvault.errors import StackVaultError
 from stackvault.ops import audit
-from stackvault.serve.tasks import Task, TaskConflict, TaskManager, cli_error
+from stackvault.serve.tasks import Task, TaskConflict, TaskManager, cli_error, last_json
 from stackvault.serve.tokens import TokenStore
 
 STATE_ENV = "STACKVAULT_STATE_DIR"
@@ -198,27 +198,27 @@ class Service:
             self._log(f"could not copy the audit log into the repository: {exc}")
 
     def refresh_status(self) -> None:
-        from stackvault.ops.status import stack_status
+        """Probe the components (no lock held: probes can be slow), then add what the
+        repository says under the lock that guards the shared open repository."""
+        from stackvault.ops.status import StackStatus, add_repository, probe_components
 
         try:
-            st = stack_status(self.config, self._open_repo_shared).to_dict()
+            status = StackStatus(probe_components(self.config))
+            try:
+                with self._lock:
+                    if self._repo is None:
+                        self._repo = self._open_repo()
+                    add_repository(status, self.config, self._repo)
+            except StackVaultError as exc:
+                status.repository = {"reachable": False, "error": str(exc)}
+            st = status.to_dict()
         except Exception as exc:  # noqa: BLE001 - shown as the status's error
             st = {"ok": False, "problems": [f"status failed: {exc}"], "components": [],
                   "repository": {}, "last_drill": None}
         st["checked"] = datetime.now(UTC).isoformat()
         self.status = st
 
-    def _open_repo_shared(self) -> Any:
-        with self._lock:
-            if self._repo is None:
-                self._repo = self._open_repo()
-            return _Shared(self._repo, self._lock)
-
     # ------------------------------------------------------------------ tasks
-
-    def start_task(self, kind: str, args: list[str], who: str, **extra: Any) -> Task:
-        task = self.tasks.start(kind, args, who, **extra)
-        return task
 
     def _run_job(self, job: str) -> None:
         """The scheduler's runner: start the job as a task and wait for it."""
@@ -250,7 +250,6 @@ class Service:
     def plan_restore(self, args: list[str], timeout: float = 300) -> Any:
         """The plan of `stackvault restore ARGS --dry-run`, as its JSON (run as a child
         process, like every task). Raises StackVaultError with the command's message."""
-        import json
         import subprocess
         import sys
 
@@ -260,10 +259,10 @@ class Service:
         if proc.returncode != 0:
             raise StackVaultError(cli_error(proc.stderr)
                                   or f"the plan failed (exit {proc.returncode})")
-        for line in reversed(proc.stdout.splitlines()):
-            if line.startswith("{"):
-                return json.loads(line).get("plan")
-        raise StackVaultError("the plan printed nothing")
+        out = last_json(proc.stdout)
+        if not isinstance(out, dict):
+            raise StackVaultError("the plan printed nothing")
+        return out.get("plan")
 
     # ------------------------------------------------------------------ facts
 
@@ -300,24 +299,6 @@ class Service:
             return dict(json.loads((self.state_dir / INTEGRITY_REPORT).read_text("utf-8")))
         except (OSError, ValueError):
             return None
-
-
-class _Shared:
-    """The service's open repository, handed to `stack_status` (which closes nothing)."""
-
-    def __init__(self, repo: Any, lock: threading.Lock) -> None:
-        self._repo, self._lock = repo, lock
-
-    def list_snapshots(self) -> Any:
-        with self._lock:
-            return self._repo.list_snapshots()
-
-    def list_packs(self) -> Any:
-        with self._lock:
-            return self._repo.list_packs()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._repo, name)
 
 
 def _safe_location(repo: Any) -> str:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,6 @@ class Task:
     result: Any = None  # the command's --json output
     progress: dict[str, Any] | None = None
     resumed: bool = False  # watched again after a service restart
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -109,6 +108,18 @@ def cli_error(stderr: str) -> str | None:
     return lines[-1] if lines else None
 
 
+def last_json(stdout: str) -> Any:
+    """The last JSON document a `stackvault --json` run printed on a line of its own."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
 def pid_runs(pid: int | None, marker: str) -> bool:
     """Whether process ``pid`` is alive and is the runner of ``marker`` (its record path)."""
     if not pid:
@@ -136,7 +147,6 @@ class TaskManager:
         self.keep = keep
         self._lock = threading.RLock()
         self._cache: dict[str, tuple[float, Task]] = {}
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._resumed: set[str] = set()
 
     # ------------------------------------------------------------------ records
@@ -189,7 +199,7 @@ class TaskManager:
 
     # ------------------------------------------------------------------ running
 
-    def start(self, kind: str, args: list[str], who: str, **extra: Any) -> Task:
+    def start(self, kind: str, args: list[str], who: str) -> Task:
         if kind not in TASK_KINDS:
             raise ValueError(f"unknown task kind {kind!r}")
         with self._lock:
@@ -198,7 +208,7 @@ class TaskManager:
                     raise TaskConflict(t)
             # Sortable ids: time first, then randomness.
             tid = f"{datetime.now(UTC):%Y%m%d%H%M%S%f}{secrets.token_hex(3)}"
-            task = Task(tid, kind, list(args), who, now_iso(), extra=extra)
+            task = Task(tid, kind, list(args), who, now_iso())
             path = self.path(tid)
             write_task(path, task)
             env = {**self.env, "STACKVAULT_PROGRESS_FILE": str(self.dir / f"{tid}.progress"),
@@ -210,7 +220,6 @@ class TaskManager:
                      str(self.config_path), str(self.locks)],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                     start_new_session=True)  # outlives the service; not hit by its Ctrl-C
-            self._procs[tid] = proc
             threading.Thread(target=self._watch_child, args=(tid, proc), daemon=True,
                              name=f"sv-task-{kind}").start()
         self._prune_old()
@@ -228,8 +237,6 @@ class TaskManager:
 
     def _watch_child(self, tid: str, proc: subprocess.Popen[bytes]) -> None:
         code = proc.wait()
-        with self._lock:
-            self._procs.pop(tid, None)
         self._settle(tid, f"the task's process ended with status {code} before it finished")
 
     def _watch_pid(self, tid: str, pid: int) -> None:
@@ -249,10 +256,13 @@ class TaskManager:
             if not task.done:
                 task.status, task.finished, task.error = "failed", now_iso(), why
                 write_task(path, task)
+        self._report(task)
+
+    def _report(self, task: Task) -> None:
         if self.on_finish is not None:
             try:
                 self.on_finish(task)
-            except Exception:  # noqa: BLE001 - a reporting failure must not stop the watcher
+            except Exception:  # noqa: BLE001 - a reporting failure must not stop the rest
                 pass
 
     def recover(self) -> list[Task]:
@@ -271,11 +281,7 @@ class TaskManager:
                           + ("queued" if task.started is None else "running"))
             write_task(self.path(task.id), task)
             failed.append(task)
-            if self.on_finish is not None:
-                try:
-                    self.on_finish(task)
-                except Exception:  # noqa: BLE001
-                    pass
+            self._report(task)
         return failed
 
     def _prune_old(self) -> None:
@@ -288,10 +294,3 @@ class TaskManager:
                 except FileNotFoundError:
                     pass
             self._cache.pop(t.id, None)
-
-    def output_tail(self, task_id: str, which: str = "err", limit: int = 4000) -> str:
-        try:
-            data = (self.dir / f"{task_id}.{which}").read_bytes()
-        except OSError:
-            return ""
-        return data[-limit:].decode("utf-8", "replace")
