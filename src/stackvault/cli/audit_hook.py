@@ -41,14 +41,18 @@ def command_of(args: list[str]) -> tuple[tuple[str, ...], list[str]]:
 
 
 def log_path(args: list[str], env: dict[str, str]) -> Path | None:
-    from stackvault.ops.audit import FILE_NAME
+    """The log of this run: $STACKVAULT_AUDIT_LOG, else next to the config the command used
+    (found as every command finds it); None with neither."""
+    from stackvault.config.loader import find_config
+    from stackvault.errors import ConfigError
+    from stackvault.ops.audit import path_for
 
     if env.get("STACKVAULT_AUDIT_LOG"):
-        return Path(env["STACKVAULT_AUDIT_LOG"])
-    config = _option(args, "-c", "--config") or env.get("STACKVAULT_CONFIG")
-    if config is None and os.path.exists("stackvault.yaml"):
-        config = "stackvault.yaml"
-    return Path(config).resolve().parent / FILE_NAME if config else None
+        return path_for(None, env)
+    try:
+        return path_for(find_config(_option(args, "-c", "--config"), env), env)
+    except ConfigError:
+        return None
 
 
 def record(args: list[str], code: int, env: dict[str, str] | None = None) -> None:

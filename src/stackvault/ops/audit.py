@@ -27,11 +27,15 @@ FILE_NAME = "stackvault-audit.jsonl"
 
 def default_path(config: Any, env: dict[str, str] | None = None) -> Path:
     """STACKVAULT_AUDIT_LOG, else `stackvault-audit.jsonl` next to the config file."""
-    env = env if env is not None else dict(os.environ)
+    return path_for(getattr(config, "source", None), env if env is not None else dict(os.environ))
+
+
+def path_for(config_file: str | Path | None, env: dict[str, str]) -> Path:
+    """STACKVAULT_AUDIT_LOG, else `stackvault-audit.jsonl` next to ``config_file`` (else in
+    the current folder)."""
     if env.get("STACKVAULT_AUDIT_LOG"):
         return Path(env["STACKVAULT_AUDIT_LOG"])
-    source = getattr(config, "source", None)
-    return (Path(source).parent if source else Path.cwd()) / FILE_NAME
+    return (Path(config_file).resolve().parent if config_file else Path.cwd()) / FILE_NAME
 
 
 def _digest(entry: dict[str, Any]) -> str:
