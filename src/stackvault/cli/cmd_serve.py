@@ -27,6 +27,14 @@ def _state_dir(c: Ctx, config: Any, given: Path | None) -> Path:
     return given or default_state_dir(config, c.opts.env)
 
 
+def _tokens(c: Ctx, state_dir: Path | None) -> tuple[Any, Any]:
+    """(the stack config, its token store): the store the service of that config reads."""
+    from stackvault.serve.tokens import TokenStore
+
+    config = load_stack_config(c)
+    return config, TokenStore.in_state_dir(_state_dir(c, config, state_dir))
+
+
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -94,11 +102,9 @@ def token_create(
 ) -> None:
     """Create a token and print it once (only its hash is kept)."""
     from stackvault.ops import audit
-    from stackvault.serve.tokens import TokenStore
 
     c: Ctx = ctx.obj
-    config = load_stack_config(c)
-    store = TokenStore(_state_dir(c, config, state_dir) / "tokens.json")
+    config, store = _tokens(c, state_dir)
     info, token = store.create(name, scope)
     audit.append(audit.default_path(config, c.opts.env), "token create", "ok",
                  {"id": info.id, "name": name, "scope": scope})
@@ -116,11 +122,8 @@ def token_list(
     state_dir: Path | None = typer.Option(None, "--state-dir", help="As for `serve`."),
 ) -> None:
     """Every token: id, name, scope, created, revoked (never the token)."""
-    from stackvault.serve.tokens import TokenStore
-
     c: Ctx = ctx.obj
-    config = load_stack_config(c)
-    tokens = TokenStore(_state_dir(c, config, state_dir) / "tokens.json").list()
+    tokens = _tokens(c, state_dir)[1].list()
     if c.opts.json:
         c.emit([t.public() for t in tokens])
         return
@@ -140,11 +143,10 @@ def token_revoke(
 ) -> None:
     """Revoke a token: the API refuses it from the next request on."""
     from stackvault.ops import audit
-    from stackvault.serve.tokens import TokenStore
 
     c: Ctx = ctx.obj
-    config = load_stack_config(c)
-    info = TokenStore(_state_dir(c, config, state_dir) / "tokens.json").revoke(token_id)
+    config, store = _tokens(c, state_dir)
+    info = store.revoke(token_id)
     audit.append(audit.default_path(config, c.opts.env), "token revoke", "ok",
                  {"id": info.id, "name": info.name})
     if c.opts.json:

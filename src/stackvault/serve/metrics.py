@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stackvault.ops.stack_restore import SAFETY_TAG
+
 INTEGRITY_LEVEL = {"healthy": 0, "warning": 1, "critical": 2}
 
 
@@ -94,7 +96,7 @@ class ServiceCollector(Collector):
                      ["component"])
         done: set[str] = set()
         for snap in reversed(snaps):
-            if "safety" in snap["tags"]:
+            if SAFETY_TAG in snap["tags"]:
                 continue
             for name, c in snap["components"].items():
                 if name in done or c["status"] != "ok":

@@ -77,7 +77,7 @@ class Service:
         self.env = dict(os.environ if env is None else env)
         self.state_dir = Path(state_dir or default_state_dir(config, self.env))
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.tokens = TokenStore(self.state_dir / "tokens.json")
+        self.tokens = TokenStore.in_state_dir(self.state_dir)
         self.audit_path = audit.default_path(config, self.env)
         self.refresh_seconds = refresh_seconds
         self.status_seconds = status_seconds

@@ -55,6 +55,13 @@ class TokenInfo:
 class TokenStore:
     """The tokens file (see the module doc)."""
 
+    FILE_NAME = "tokens.json"
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> TokenStore:
+        """The store of a `stackvault serve` state folder."""
+        return cls(Path(state_dir) / cls.FILE_NAME)
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._mtime: float | None = None
