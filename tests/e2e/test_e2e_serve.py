@@ -158,6 +158,13 @@ def test_backup_through_the_api_fills_snapshots_metrics_and_the_audit_log(
     wait_for(lambda: list((d / "repo" / "audit").glob("*")), what="the audit copy")
     copies = sv.json("audit", "verify", "--repo")
     assert copies["ok"] is True and copies["copies"] >= 1
+    server.stop()
+    sv.ok("audit", "copy")  # the copy now holds every line; then cut the last one locally,
+    path = d / "stackvault-audit.jsonl"  # which the log's own chain cannot notice
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    assert sv.json("audit", "verify")["ok"] is True
+    cut = sv("audit", "verify", "--repo")
+    assert cut.rc == 1 and "does not begin with it" in cut.err
 
 
 def test_restore_plan_then_an_admin_restore_brings_the_data_back(

@@ -190,7 +190,6 @@ def audit_verify(ctx: typer.Context, repo: bool = typer.Option(
 
 
 def _verify_copies(c: Ctx, config: Any, log: Any) -> None:
-    from stackvault.cli.cmd_stack import open_stack_repo
     from stackvault.ops import audit
 
     repo = open_stack_repo(c, config)
@@ -202,7 +201,7 @@ def _verify_copies(c: Ctx, config: Any, log: Any) -> None:
     entries = 0
     local = log.read_bytes() if log.exists() else b""
     for doc_id, data in copies:
-        n, bad = audit.verify_text(data.decode("utf-8", "replace"))
+        n, bad = audit.verify_lines(data.decode("utf-8", "replace").splitlines())
         entries = max(entries, n)
         problems += [f"copy {doc_id[:8]}: {p}" for p in bad]
         if not local.startswith(data):
@@ -223,7 +222,6 @@ def _verify_copies(c: Ctx, config: Any, log: Any) -> None:
 @audit_app.command("copy")
 def audit_copy(ctx: typer.Context) -> None:
     """Copy the audit log into the repository now (`stackvault serve` does it by itself)."""
-    from stackvault.cli.cmd_stack import open_stack_repo
     from stackvault.ops import audit
     from stackvault.serve.service import default_state_dir
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,27 +77,32 @@ def verify(path: Path) -> tuple[int, list[str]]:
         raise UsageError(f"there is no audit log at {path}",
                          hint="every command that changes something writes it, and so "
                               "does the API (docs/serve.md)")
+    with open(path, encoding="utf-8") as f:
+        return verify_lines(f)
+
+
+def verify_lines(lines: Iterable[str]) -> tuple[int, list[str]]:
+    """`verify` for a log's lines (a file's, or a repository copy's)."""
     problems: list[str] = []
     prev, n = GENESIS, 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            n += 1
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                problems.append(f"line {lineno}: not JSON")
-                prev = ""
-                continue
-            if entry.get("hash") != _digest(entry):
-                problems.append(f"line {lineno}: changed (its hash does not match)")
-            if entry.get("prev") != prev:
-                problems.append(f"line {lineno}: does not follow the line before (a line was "
-                                "removed, inserted or reordered)")
-            if entry.get("seq") != n:
-                problems.append(f"line {lineno}: sequence {entry.get('seq')}, expected {n}")
-            prev = str(entry.get("hash", ""))
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        n += 1
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            problems.append(f"line {lineno}: not JSON")
+            prev = ""
+            continue
+        if entry.get("hash") != _digest(entry):
+            problems.append(f"line {lineno}: changed (its hash does not match)")
+        if entry.get("prev") != prev:
+            problems.append(f"line {lineno}: does not follow the line before (a line was "
+                            "removed, inserted or reordered)")
+        if entry.get("seq") != n:
+            problems.append(f"line {lineno}: sequence {entry.get('seq')}, expected {n}")
+        prev = str(entry.get("hash", ""))
     return n, problems
 
 
@@ -138,16 +144,6 @@ def repo_copies(repo: Any) -> list[tuple[str, bytes]]:
     return [(o.name.split("/", 1)[1],
              repo.load_raw_doc("audit", REPO_FOLDER, o.name.split("/", 1)[1]))
             for o in repo.storage.list(f"{REPO_FOLDER}/")]
-
-
-def verify_text(text: str) -> tuple[int, list[str]]:
-    """`verify` for a log held in memory (a repository copy)."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".jsonl") as f:
-        f.write(text)
-        f.flush()
-        return verify(Path(f.name))
 
 
 def tail(path: Path, n: int = 50) -> list[dict[str, Any]]:
