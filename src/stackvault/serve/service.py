@@ -159,9 +159,7 @@ class Service:
                 repo = self._repo
                 # A missing folder lists as empty: ask for the repository's config object.
                 repo.storage.stat("config")
-                repo.reload_index()
-                snaps = sorted((s for s in repo.list_snapshots() if s.kind == "stack"),
-                               key=lambda s: s.time)
+                snaps = [s for s in repo.list_snapshots() if s.kind == "stack"]  # oldest first
                 packs = repo.list_packs()
                 drills = [d.to_dict() for d in list_drills(repo)]
             size = sum(packs.values())
