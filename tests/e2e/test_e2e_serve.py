@@ -345,3 +345,21 @@ schedule:
     finally:
         server.stop()
         stop_tasks(tmp_path / "stackvault-state")
+
+
+def test_audit_copies_of_two_hosts_sharing_one_repository(tmp_path: Path) -> None:
+    # Each host copies its own log into the shared repository; each verifies its own copy
+    # and leaves the other's alone (only its chain is checked).
+    (tmp_path / "a").mkdir()
+    sv_a = make_stack(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    cfg_b = tmp_path / "b" / "stackvault.yaml"
+    cfg_b.write_text((tmp_path / "a" / "stackvault.yaml").read_text())
+    sv_b = SV(None, {**sv_a.env, "STACKVAULT_CONFIG": str(cfg_b)})
+    for sv in (sv_a, sv_b):
+        sv.ok("backup")
+        assert sv.json("audit", "copy")["copied"] is True
+    for sv in (sv_a, sv_b):
+        out = sv.json("audit", "verify", "--repo")
+        assert out["ok"] is True and out["copies"] == 1 and out["other_logs"] == 1, out
+    assert len(list((tmp_path / "a" / "repo" / "audit").iterdir())) == 2

@@ -200,21 +200,30 @@ def _verify_copies(c: Ctx, config: Any, log: Any) -> None:
     problems: list[str] = []
     entries = 0
     local = log.read_bytes() if log.exists() else b""
+    first = local.split(b"\n", 1)[0]
+    ours = 0
     for doc_id, data in copies:
         n, bad = audit.verify_lines(data.decode("utf-8", "replace").splitlines())
-        entries = max(entries, n)
         problems += [f"copy {doc_id[:8]}: {p}" for p in bad]
+        # Hosts sharing a repository each copy their own log: a copy is of this log when
+        # it starts with the same first entry, and then the local log must continue it.
+        if not first or data.split(b"\n", 1)[0] != first:
+            continue
+        ours += 1
+        entries = max(entries, n)
         if not local.startswith(data):
             problems.append(f"copy {doc_id[:8]}: the local log does not begin with it (lines "
                             "were changed or removed since it was copied)")
-    if not copies:
-        problems.append("the repository holds no copy of the audit log")
+    if not ours:
+        problems.append(f"the repository holds no copy of {log}")
     if c.opts.json:
-        c.emit({"copies": len(copies), "entries": entries, "ok": not problems,
-                "problems": problems})
+        c.emit({"copies": ours, "other_logs": len(copies) - ours, "entries": entries,
+                "ok": not problems, "problems": problems})
     elif not problems:
-        c.info(f"{len(copies)} cop{'y' if len(copies) == 1 else 'ies'} in the repository, "
-               f"{entries} entries, chain intact, the local log continues it")
+        c.info(f"{ours} cop{'y' if ours == 1 else 'ies'} of this log in the repository, "
+               f"{entries} entries, chain intact, the local log continues it"
+               + (f"; {len(copies) - ours} of other hosts' logs, intact"
+                  if len(copies) > ours else ""))
     if problems:
         raise StackVaultError("audit log copies: " + "; ".join(problems[:5]))
 

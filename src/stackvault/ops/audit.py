@@ -129,6 +129,7 @@ def copy_to_repo(repo: Any, path: Path, state_dir: Path) -> str | None:
     if state.get("sha256") == digest and state.get("repo") == repo.id:
         return None
     doc_id: str = repo.save_raw_doc("audit", data, REPO_FOLDER)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
     replace_json(state_file, {"repo": repo.id, "doc": doc_id, "sha256": digest})
     old = state.get("doc")
     if old and old != doc_id and state.get("repo") == repo.id:
