@@ -168,7 +168,7 @@ def integrity_fix(
 def audit_verify(ctx: typer.Context, repo: bool = typer.Option(
         False, "--repo", help="Check the copies in the repository instead (written by "
         "`stackvault serve` and `audit copy`); each must verify, and the local log must "
-        "begin with the newest copy.")) -> None:
+        "begin with each copy of it (other hosts' copies: their chain only).")) -> None:
     """Check the audit log's hash chain: a changed, inserted or removed line is found."""
     from stackvault.ops import audit
 
